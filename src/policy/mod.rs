@@ -1,0 +1,3 @@
+//! GrantPolicy: pattern matching and (later) evaluation.
+
+pub mod glob;
