@@ -1,10 +1,15 @@
-//! Everything the operator knows about Azure: ARM ids, role references, and (later) the ARM
-//! client.
+//! Everything the operator knows about Azure: ARM ids, role references, ABAC condition checks,
+//! the typed ARM error, and the ARM client on azure_core.
 
+pub mod client;
 pub mod condition;
+pub mod error;
 pub mod guid;
+pub mod models;
 pub mod resource_id;
 pub mod role_ref;
 
+pub use client::ArmClient;
+pub use error::ArmError;
 pub use resource_id::{ResourceId, ResourceIdError};
 pub use role_ref::{RoleRef, RoleRefError};

@@ -1,0 +1,177 @@
+//! The parts of ARM's resource bodies the operator reads and writes, shaped as in the REST
+//! specs (`../shared/azure/specs`): unknown fields are ignored, optional ones are `Option`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// api-versions, pinned to the specs the contract check validates against.
+pub mod api_version {
+    pub const AUTHORIZATION: &str = "2022-04-01";
+    pub const DATABRICKS: &str = "2026-01-01";
+    pub const MANAGED_IDENTITY: &str = "2026-05-31";
+}
+
+/// `Microsoft.Databricks/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub properties: WorkspaceProperties,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceProperties {
+    /// The resource group Azure manages for the workspace; `dbmanagedidentity` lives there.
+    #[serde(default)]
+    pub managed_resource_group_id: String,
+    /// The workspace's default Access Connector, if one is linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_connector: Option<WorkspaceAccessConnector>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceAccessConnector {
+    pub id: String,
+    /// `SystemAssigned` or `UserAssigned`.
+    pub identity_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_assigned_identity_id: Option<String>,
+}
+
+/// `Microsoft.Databricks/accessConnectors`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessConnector {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ManagedServiceIdentity>,
+}
+
+/// ARM's common `ManagedServiceIdentity` (common-types v3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedServiceIdentity {
+    /// `None`, `SystemAssigned`, `UserAssigned` or `SystemAssigned,UserAssigned`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Keyed by the identity's ARM id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_assigned_identities: BTreeMap<String, UserAssignedIdentityRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAssignedIdentityRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// `Microsoft.ManagedIdentity/userAssignedIdentities`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAssignedIdentity {
+    pub id: String,
+    pub name: String,
+    pub properties: UserAssignedIdentityProperties,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAssignedIdentityProperties {
+    pub principal_id: String,
+    pub client_id: String,
+    pub tenant_id: String,
+}
+
+/// `Microsoft.Authorization/roleDefinitions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleDefinition {
+    pub id: String,
+    /// The GUID.
+    pub name: String,
+    pub properties: RoleDefinitionProperties,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleDefinitionProperties {
+    pub role_name: String,
+    /// `BuiltInRole` or `CustomRole`.
+    #[serde(rename = "type", default)]
+    pub role_type: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub assignable_scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Permission {
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+    #[serde(default)]
+    pub data_actions: Vec<String>,
+    #[serde(default)]
+    pub not_data_actions: Vec<String>,
+}
+
+/// `Microsoft.Authorization/roleAssignments`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignment {
+    pub id: String,
+    /// The GUID name.
+    pub name: String,
+    pub properties: RoleAssignmentProperties,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignmentProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_version: Option<String>,
+}
+
+/// The body of a role-assignment PUT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleAssignmentCreate {
+    pub properties: RoleAssignmentProperties,
+}
+
+/// ARM's list envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResult<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
