@@ -307,14 +307,29 @@ fn parse<T: DeserializeOwned>(response: RawResponse) -> Result<T, ArmError> {
     })
 }
 
+/// The error and its sources as one line: azure_core's top-level text often hides the cause
+/// (Entra's AADSTS code, the TLS or DNS failure) in the chain.
+fn full_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Maps a pipeline error (no usable response) to an `ArmError`.
 fn classify_transport_error(e: &azure_core::Error) -> ArmError {
     use azure_core::error::ErrorKind;
+    let message = full_message(e);
     match e.kind() {
-        ErrorKind::Credential => ArmError::Unauthenticated { message: e.to_string() },
-        ErrorKind::HttpResponse { status, .. } => {
-            ArmError::Transient { status: Some(u16::from(*status)), message: e.to_string() }
-        }
-        _ => ArmError::Transient { status: None, message: format!("{e}") },
+        ErrorKind::Credential => ArmError::Unauthenticated { message },
+        ErrorKind::HttpResponse { status, .. } => ArmError::Transient { status: Some(u16::from(*status)), message },
+        _ => ArmError::Transient { status: None, message },
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod client;
 pub mod condition;
+pub mod credentials;
 pub mod error;
 pub mod guid;
 pub mod models;
+pub mod permissions;
 pub mod resource_id;
 pub mod role_ref;
 
