@@ -461,3 +461,101 @@ async fn the_client_refuses_plain_http_endpoints() {
         .expect_err("http");
     assert!(err.to_string().contains("must use https"), "{err}");
 }
+
+async fn send_json(request: reqwest::RequestBuilder, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response =
+        request.header("content-type", "application/json").body(body.to_string()).send().await.expect("send");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+fn admin_http(f: &Fixture) -> reqwest::Client {
+    let pem = std::fs::read(&f.arm.ca_file).expect("ca");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn the_admin_api_changes_the_estate_and_injects_faults_at_runtime() {
+    let f = fixture().await;
+    let http = admin_http(&f);
+    let client = f.client();
+    let base = f.arm.url().to_owned();
+
+    // Create a resource group, a plain resource and an identity; assign out of band; tamper.
+    let rg = ResourceId::resource_group(SUBSCRIPTION_ID, "rg-new");
+    let vault = rg.with_provider_resource("Microsoft.KeyVault", "vaults", "kv-new");
+    for id in [&rg, &vault] {
+        let (status, _) =
+            send_json(http.post(format!("{base}/_emulator/resources")), serde_json::json!({"id": id.to_string()}))
+                .await;
+        assert_eq!(status, 201);
+    }
+    let uai = rg.with_provider_resource("Microsoft.ManagedIdentity", "userAssignedIdentities", "id-new");
+    let (_, created) = send_json(
+        http.post(format!("{base}/_emulator/identities")),
+        serde_json::json!({"id": uai.to_string(), "replicated": true}),
+    )
+    .await;
+    let principal = created["principalId"].as_str().expect("principal").to_owned();
+    assert_eq!(client.get_user_assigned_identity(&uai).await.expect("identity").properties.principal_id, principal);
+    let (_, assigned) = send_json(
+        http.post(format!("{base}/_emulator/role-assignments")),
+        serde_json::json!({"scope": vault.to_string(), "roleDefinitionId": role_id(READER), "principalId": principal}),
+    )
+    .await;
+    let out_of_band = assigned["name"].as_str().expect("name").to_owned();
+    assert_eq!(client.get_role_assignment(&vault, &out_of_band).await.expect("get").properties.principal_id, principal);
+    let r = http.delete(format!("{base}/_emulator/role-assignments/{out_of_band}")).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(client.get_role_assignment(&vault, &out_of_band).await.is_err());
+    let r = http.delete(format!("{base}/_emulator/resources?id={uai}")).send().await.expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(matches!(client.get_user_assigned_identity(&uai).await, Err(ArmError::NotFound { .. })));
+
+    // Latency, set through the API, slows every ARM call.
+    let (status, _) =
+        send_json(http.put(format!("{base}/_emulator/faults")), serde_json::json!({"latencyMs": 300})).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    client
+        .get_user_assigned_identity(&rg.with_provider_resource(
+            "Microsoft.ManagedIdentity",
+            "userAssignedIdentities",
+            "x",
+        ))
+        .await
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (status, _) =
+        send_json(http.put(format!("{base}/_emulator/faults")), serde_json::json!({"latencyMs": "slow"})).await;
+    assert_eq!(status, 400, "bad fault config is refused");
+
+    let stats: serde_json::Value = serde_json::from_slice(
+        &http.get(format!("{base}/_emulator/stats")).send().await.expect("send").bytes().await.expect("body"),
+    )
+    .expect("json");
+    let rows = stats["requests"].as_array().expect("rows");
+    assert!(
+        rows.iter().any(|r| r["operation"] == "GetUserAssignedIdentity"
+            && r["status"] == 404
+            && r["count"].as_u64() >= Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_outage_fails_calls_until_it_ends() {
+    let f = fixture().await;
+    f.arm.emulator.set_faults(FaultConfig { token_outage: true, ..FaultConfig::default() });
+    let client = f.client_with(fast_retry(1));
+    let ws = ResourceId::parse(&f.estate.workspaces[0].id).expect("id");
+    let err = client.get_workspace(&ws).await.expect_err("no token");
+    assert!(matches!(err, ArmError::Unauthenticated { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(f.arm.emulator.count("GetWorkspace"), 0, "no ARM call without a token");
+    f.arm.emulator.set_faults(FaultConfig::default());
+    client.get_workspace(&ws).await.expect("tokens again");
+}

@@ -96,6 +96,8 @@ pub struct Emulator {
     throttle: Mutex<Throttle>,
     faults: Mutex<FaultConfig>,
     stats: Mutex<BTreeMap<(String, u16), u64>>,
+    /// The most recent role-assignment PUT bodies, as sent (contract checks, secret scans).
+    put_bodies: Mutex<std::collections::VecDeque<serde_json::Value>>,
     /// `(header secret, principal id)` of the App Service managed-identity endpoint.
     managed_identity: Mutex<Option<(String, String)>>,
 }
@@ -183,6 +185,19 @@ impl Emulator {
         lock(&self.tokens).expire_all();
     }
 
+    /// The most recent role-assignment PUT bodies (at most 100), oldest first.
+    pub fn put_bodies(&self) -> Vec<serde_json::Value> {
+        lock(&self.put_bodies).iter().cloned().collect()
+    }
+
+    fn record_put_body(&self, body: serde_json::Value) {
+        let mut bodies = lock(&self.put_bodies);
+        if bodies.len() == 100 {
+            bodies.pop_front();
+        }
+        bodies.push_back(body);
+    }
+
     fn record(&self, operation: &str, status: u16) {
         *lock(&self.stats).entry((operation.to_owned(), status)).or_default() += 1;
     }
@@ -243,6 +258,7 @@ pub async fn start(config: ArmEmulatorConfig) -> Result<ArmEmulatorHandle, Emula
         throttle: Mutex::new(Throttle::new(config.throttling)),
         faults: Mutex::new(config.faults),
         stats: Mutex::new(BTreeMap::new()),
+        put_bodies: Mutex::new(std::collections::VecDeque::new()),
         managed_identity: Mutex::new(None),
     });
     let app = routes::router(emulator.clone());

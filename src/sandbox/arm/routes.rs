@@ -29,7 +29,8 @@ pub fn router(emulator: Shared) -> Router {
         .route("/_emulator/faults", put(admin_faults))
         .route("/_emulator/throttling", put(admin_throttling))
         .route("/_emulator/identities", post(admin_create_identity))
-        .route("/_emulator/resources", delete(admin_delete_resource))
+        .route("/_emulator/resources", post(admin_create_resource).delete(admin_delete_resource))
+        .route("/_emulator/role-assignments", post(admin_create_assignment))
         .route("/_emulator/role-assignments/{name}", delete(admin_delete_assignment))
         .route("/_emulator/expire-tokens", post(admin_expire_tokens))
         .fallback(arm)
@@ -417,7 +418,10 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
             }
             ArmOperation::GetRoleAssignment(scope, name) => state.get_assignment(scope, name).map(|b| (200, b)),
             ArmOperation::PutRoleAssignment(scope, name) => match serde_json::from_slice::<Value>(&body) {
-                Ok(value) => state.put_assignment(&caller, scope, name, &value),
+                Ok(value) => {
+                    emulator.record_put_body(value.clone());
+                    state.put_assignment(&caller, scope, name, &value)
+                }
                 Err(e) => Err(ArmFailure::new(
                     400,
                     "InvalidRequestContent",
@@ -545,6 +549,66 @@ async fn admin_create_identity(State(emulator): State<Shared>, body: Bytes) -> R
         ),
         Err(e) => json_response(400, &json!({"error": {"code": "InvalidResourceId", "message": e.to_string()}})),
     }
+}
+
+fn admin_error(code: &str, message: impl std::fmt::Display) -> Response {
+    json_response(400, &json!({"error": {"code": code, "message": message.to_string()}}))
+}
+
+#[derive(serde::Deserialize)]
+struct CreateResource {
+    id: String,
+}
+
+/// Creates a resource group, or a plain resource (storage account, key vault …) and its group.
+async fn admin_create_resource(State(emulator): State<Shared>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<CreateResource>(&body) {
+        Ok(r) => r,
+        Err(e) => return admin_error("InvalidRequest", e),
+    };
+    let id = match ResourceId::parse(&request.id) {
+        Ok(id) => id,
+        Err(e) => return admin_error("InvalidResourceId", e),
+    };
+    let mut state = emulator.state();
+    if id.sections().is_empty() && id.resource_group_name().is_some() {
+        state.add_resource_group(&id);
+    } else if id.sections().is_empty() {
+        return admin_error("InvalidRequest", "give a resource group or resource id");
+    } else {
+        state.add_resource(&id, super::ResourceKind::Generic);
+    }
+    json_response(201, &json!({"id": id.to_string()}))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateAssignment {
+    scope: String,
+    role_definition_id: String,
+    principal_id: String,
+}
+
+/// Creates a role assignment out of band (no permission, principal or duplicate checks), as
+/// another administrator might.
+async fn admin_create_assignment(State(emulator): State<Shared>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<CreateAssignment>(&body) {
+        Ok(r) => r,
+        Err(e) => return admin_error("InvalidRequest", e),
+    };
+    let scope = match ResourceId::parse(&request.scope) {
+        Ok(id) => id,
+        Err(e) => return admin_error("InvalidResourceId", e),
+    };
+    let guid = ResourceId::parse(&request.role_definition_id)
+        .ok()
+        .and_then(|id| crate::azure::guid::parse_guid(id.name()))
+        .or_else(|| crate::azure::guid::parse_guid(&request.role_definition_id));
+    let Some(guid) = guid else {
+        return admin_error("InvalidRoleDefinitionId", "roleDefinitionId must be a GUID or a roleDefinitions id");
+    };
+    let name = emulator.state().assign_out_of_band(&scope, guid, &request.principal_id);
+    json_response(201, &json!({"name": name}))
 }
 
 async fn admin_delete_resource(
