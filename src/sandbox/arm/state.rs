@@ -405,6 +405,7 @@ impl ArmState {
         };
         let mut properties = json!({
             "managedResourceGroupId": managed_resource_group.to_string(),
+            "computeMode": "Hybrid",
             "provisioningState": "Succeeded",
         });
         if let Some(ac) = access_connector {
