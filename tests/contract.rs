@@ -145,7 +145,10 @@ impl Specs {
     }
 }
 
-fn check(specs: &mut Specs, what: &str, schema_of: (&str, &str, &str, &str), body: &Value) -> Vec<String> {
+/// Which schema: (spec file, path-template suffix, method, status or "body").
+type SchemaRef<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+fn check(specs: &mut Specs, what: &str, schema_of: SchemaRef<'_>, body: &Value) -> Vec<String> {
     let (spec, path, method, status) = schema_of;
     let schema = specs.operation_schema(spec, path, method, status);
     let validator = jsonschema::draft4::new(&schema).unwrap_or_else(|e| panic!("{what}: schema does not compile: {e}"));
@@ -248,7 +251,7 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
         estate.workspaces[0].managed_resource_group_id
     );
     let assignments = format!("{lake}/providers/Microsoft.Authorization/roleAssignments");
-    let cases: Vec<(&str, (&str, &str, &str, &str), (u16, Value))> = vec![
+    let cases: Vec<(&str, SchemaRef<'_>, (u16, Value))> = vec![
         ("GET workspace", (DBW, "/workspaces/{workspaceName}", "get", "200"), get(ws.clone(), "2026-01-01").await),
         (
             "GET workspace 404",
