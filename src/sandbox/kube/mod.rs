@@ -1,4 +1,6 @@
-//! Kubernetes API-server emulator (grows with the sandbox issue). For now: structural schema
-//! validation of custom resources.
+//! Kubernetes API-server emulator for tests and the sandbox (never used in production): storage
+//! and semantics (`store.rs`), HTTP (`http.rs`), selectors, tables, and structural schema checks.
 
 pub mod schema;
+pub mod selectors;
+pub mod store;
