@@ -134,6 +134,9 @@ pub struct WatchEvent {
 
 type Key = (String, String);
 
+/// What a watch starts from: the events it missed, and a receiver for the ones to come.
+pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
+
 /// Everything the emulated API server stores.
 pub struct Store {
     rv: u64,
@@ -598,7 +601,7 @@ impl Store {
 
     /// Events after `rv` still in the history, plus a receiver for later ones; 410 Gone when
     /// `rv` is older than the history reaches.
-    pub fn watch_from(&self, rv: u64) -> StoreResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    pub fn watch_from(&self, rv: u64) -> StoreResult<WatchStart> {
         if rv < self.compacted {
             return Err(StatusError::new(
                 410,
