@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use dbx_identity_operator::cli::{Cli, run};
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -108,7 +108,18 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
                 not_served(&path)
             };
         }
-        (Method::GET, ["openapi", "v3"]) => return json_response(200, &json!({"paths": {}})),
+        (Method::GET, ["openapi", "v3"]) => return json_response(200, &emulator.openapi_root()),
+        (Method::GET, ["openapi", "v3", "api", "v1"]) => {
+            return json_response(200, &emulator.openapi_group_version("", "v1"));
+        }
+        (Method::GET, ["openapi", "v3", "apis", group, version]) => {
+            let doc = emulator.openapi_group_version(group, version);
+            return if doc["paths"].as_object().is_some_and(|p| !p.is_empty()) {
+                json_response(200, &doc)
+            } else {
+                not_served(&path)
+            };
+        }
         _ => {}
     }
 
@@ -138,6 +149,7 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
         subresource: target.subresource.clone().unwrap_or_default(),
         namespace: target.namespace.clone().unwrap_or_default(),
     });
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let wants_table = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
     let namespace = target.namespace.clone().unwrap_or_default();
     let name = target.name.clone().unwrap_or_default();
@@ -172,7 +184,11 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
                         "the namespace of the provided object does not match the namespace sent on the request",
                     ));
                 }
-                match emulator.store().create(&target.ty, &namespace, object) {
+                let mut store = emulator.store();
+                store.strict_fields = strict;
+                let created = store.create(&target.ty, &namespace, object);
+                store.strict_fields = false;
+                match created {
                     Ok(o) => json_response(201, &o),
                     Err(e) => status_response(&e),
                 }
@@ -180,10 +196,16 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
             Err(e) => status_response(&e),
         },
         "update" => match parse_body(&headers, &body) {
-            Ok(object) => match emulator.store().update(&target.ty, &namespace, &name, object, status_sub) {
-                Ok(o) => json_response(200, &o),
-                Err(e) => status_response(&e),
-            },
+            Ok(object) => {
+                let mut store = emulator.store();
+                store.strict_fields = strict;
+                let updated = store.update(&target.ty, &namespace, &name, object, status_sub);
+                store.strict_fields = false;
+                match updated {
+                    Ok(o) => json_response(200, &o),
+                    Err(e) => status_response(&e),
+                }
+            }
             Err(e) => status_response(&e),
         },
         "patch" => patch(&emulator, &target, &headers, &body, &query, status_sub),
@@ -262,6 +284,7 @@ fn patch(
     let name = target.name.clone().unwrap_or_default();
     let custom = target.ty.schema.is_some();
     let mut store = emulator.store();
+    store.strict_fields = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let current = store.get(&target.ty, &namespace, &name);
     let result = match content_type.split(';').next().unwrap_or_default().trim() {
         "application/apply-patch+yaml" | "application/apply-patch+json" => {
@@ -516,6 +539,68 @@ impl KubeEmulator {
         }
         let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+    }
+
+    /// `/openapi/v3`: one document per served group-version.
+    fn openapi_root(&self) -> Value {
+        let store = self.store();
+        let mut paths = serde_json::Map::new();
+        for t in store.types() {
+            let key = if t.group.is_empty() {
+                format!("api/{}", t.version)
+            } else {
+                format!("apis/{}/{}", t.group, t.version)
+            };
+            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}")}));
+        }
+        json!({"paths": paths})
+    }
+
+    /// An OpenAPI v3 document for one group-version: a PATCH operation per kind that lists
+    /// `fieldValidation` (so kubectl leaves validation to the server) and the kinds' schemas
+    /// (what `kubectl explain` reads).
+    fn openapi_group_version(&self, group: &str, version: &str) -> Value {
+        let store = self.store();
+        let mut paths = serde_json::Map::new();
+        let mut schemas = serde_json::Map::new();
+        for t in store.types().iter().filter(|t| t.group == group && t.version == version) {
+            let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
+            let prefix = if t.group.is_empty() {
+                format!("/api/{}", t.version)
+            } else {
+                format!("/apis/{}/{}", t.group, t.version)
+            };
+            let item = if t.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", t.plural)
+            };
+            paths.insert(item, json!({"patch": {
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}],
+                "responses": {"200": {"description": "OK"}},
+            }}));
+            let reversed: Vec<&str> = t.group.split('.').rev().collect();
+            let schema_name = if t.group.is_empty() {
+                format!("io.k8s.api.core.{}.{}", t.version, t.kind)
+            } else {
+                format!("{}.{}.{}", reversed.join("."), t.version, t.kind)
+            };
+            let mut schema = t
+                .schema
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+            if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+                props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                props
+                    .entry("metadata")
+                    .or_insert(json!({"type": "object", "description": "Standard object's metadata."}));
+            }
+            schemas.insert(schema_name, schema);
+        }
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}})
     }
 
     fn group_list(&self) -> Value {

@@ -146,6 +146,43 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<SchemaError
     }
 }
 
+/// Paths of fields the schema does not declare (what pruning would remove), for
+/// `fieldValidation=Strict`.
+pub fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_unknown(schema, value, "", true, &mut found);
+    found
+}
+
+fn collect_unknown(schema: &Value, value: &Value, path: &str, root: bool, found: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, child) in map {
+                if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                match properties.and_then(|p| p.get(key)).or(additional) {
+                    Some(child_schema) => collect_unknown(child_schema, child, &join(path, key), false, found),
+                    None => found.push(join(path, key)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    collect_unknown(item_schema, item, &format!("{path}[{i}]"), false, found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Removes fields the schema does not declare, as the API server does for structural schemas
 /// (unless `x-kubernetes-preserve-unknown-fields` is set). `metadata`, `apiVersion` and `kind`
 /// at the root are kept.
@@ -238,6 +275,7 @@ mod tests {
     #[test]
     fn prunes_unknown_fields_but_keeps_metadata() {
         let mut v = json!({"apiVersion": "x", "kind": "y", "metadata": {"name": "n", "extra": 1}, "spec": {"mode": "A", "bogus": true, "labels": {"k": "v"}}, "junk": 1});
+        assert_eq!(unknown_fields(&schema(), &v), ["junk", "spec.bogus"]);
         prune_unknown_fields(&schema(), &mut v);
         assert_eq!(
             v,

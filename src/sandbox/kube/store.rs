@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::schema::{prune_unknown_fields, validate_structural};
+use super::schema::{prune_unknown_fields, unknown_fields, validate_structural};
 
 /// An API error rendered as `metav1.Status`.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +147,9 @@ pub struct Store {
     /// Highest resourceVersion whose event has left the history; watches from before it get 410.
     compacted: u64,
     events: broadcast::Sender<Arc<WatchEvent>>,
+    /// `fieldValidation=Strict` for the request being handled: unknown fields are refused
+    /// instead of pruned. Set by the HTTP layer around each write.
+    pub strict_fields: bool,
 }
 
 fn now() -> String {
@@ -225,6 +228,7 @@ impl Store {
             history_limit: history_limit.max(1),
             compacted: 0,
             events,
+            strict_fields: false,
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let ty = store.types[0].clone();
@@ -300,6 +304,22 @@ impl Store {
         }
         if let Err(errors) = kube::core::cel::Validator::new().validate(schema, &object, old) {
             return Err(invalid(ty, &name, errors.iter().map(|e| (e.field_path.clone(), e.message.clone())).collect()));
+        }
+        if self.strict_fields {
+            let unknown = unknown_fields(schema, &object);
+            if !unknown.is_empty() {
+                let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
+                return Err(StatusError::new(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
+                        ty.kind,
+                        ty.api_version(),
+                        ty.kind
+                    ),
+                ));
+            }
         }
         prune_unknown_fields(schema, &mut object);
         Ok(object)
