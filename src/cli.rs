@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::api::{self, CrdError};
+use crate::azure::client::AzureSetupError;
+use crate::azure::credentials::{ArmClients, AuthMode, AzureSettings, operator_client};
+use crate::controller::{self, ControllerSettings};
 use crate::sandbox::{self, SandboxError, SandboxOptions};
 
 #[derive(Debug, Parser)]
@@ -27,6 +30,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
     },
+    /// Run the operator: reconcile DatabricksIdentityGrants against Azure until SIGTERM/Ctrl-C.
+    Run(RunArgs),
     /// Run the Kubernetes and Azure emulators with a seeded estate until Ctrl-C.
     Sandbox {
         /// Where to write `kubeconfig`, `azure.env` and `estate.json`.
@@ -46,6 +51,59 @@ pub enum Command {
     Version,
 }
 
+/// Flags of `run`. Each reads an environment variable too, so `azure.env` from the sandbox
+/// (or a Helm chart's env) configures it.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// ARM endpoint (sovereign clouds, private endpoints, the sandbox emulator).
+    #[arg(long, env = "DBX_ARM_ENDPOINT", default_value = crate::azure::client::DEFAULT_ARM_ENDPOINT)]
+    pub arm_endpoint: String,
+    /// Extra PEM CA bundle trusted for ARM and Entra token requests.
+    #[arg(long, env = "DBX_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+    /// How to authenticate to Azure.
+    #[arg(long, env = "DBX_AZURE_AUTH", value_enum, default_value = "auto")]
+    pub azure_auth: AuthMode,
+    /// How often each grant is compared with Azure (e.g. 30s, 10m, 1h).
+    #[arg(long, env = "DBX_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub resync_interval: std::time::Duration,
+    /// Grants reconciled at once.
+    #[arg(long, env = "DBX_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: u16,
+    /// In-flight ARM requests per subscription.
+    #[arg(long, env = "DBX_MAX_ARM_REQUESTS_PER_SUBSCRIPTION", default_value_t = 8)]
+    pub max_arm_requests_per_subscription: usize,
+    /// Namespace to watch (repeatable); default all.
+    #[arg(long = "namespace", env = "DBX_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "DBX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `90`, `90s`, `15m`, `2h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 30s, 10m or 1h"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (use s, m or h)")),
+    };
+    if seconds == 0 {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 /// Errors a command can end with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -59,6 +117,10 @@ pub enum CliError {
     WriteFile { path: PathBuf, source: std::io::Error },
     #[error("cannot listen for signals: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Azure(#[from] AzureSetupError),
+    #[error("cannot reach Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -72,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Run(args) => run_operator(args).await,
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
             let mut options = SandboxOptions::new(dir);
             options.seed = seed;
@@ -86,6 +149,52 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Version => print(&format!("dbx-identity-operator {}\n", env!("CARGO_PKG_VERSION"))),
     }
+}
+
+/// Installs the tracing subscriber (RUST_LOG filters; default info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), CliError> {
+    init_logging(args.log_format);
+    let settings = AzureSettings {
+        arm_endpoint: args.arm_endpoint.clone(),
+        ca_file: args.azure_ca_file.clone(),
+        auth: args.azure_auth,
+        authority_host: None,
+    };
+    let arm = ArmClients::new(settings.clone(), operator_client(&settings)?);
+    let client = kube::Client::try_default().await?;
+    let ctx = std::sync::Arc::new(controller::Context::new(
+        client,
+        arm,
+        ControllerSettings {
+            resync_interval: args.resync_interval,
+            max_concurrent_reconciles: args.max_concurrent_reconciles,
+            max_arm_requests_per_subscription: args.max_arm_requests_per_subscription,
+            namespaces: args.namespaces,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| "dbx-identity-operator".into()),
+            ..ControllerSettings::default()
+        },
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        if let Err(e) = wait_for_shutdown_signal().await {
+            tracing::error!(error = %e, "cannot listen for signals; stopping");
+        }
+        let _ = stop.send(true);
+    });
+    controller::run(ctx, stopped).await;
+    signals.abort();
+    Ok(())
 }
 
 fn sandbox_banner(sandbox: &sandbox::Sandbox) -> String {

@@ -241,6 +241,12 @@ pub struct DatabricksIdentityGrantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned: Option<String>,
 
+    /// ARM ids of the role assignments this grant created and still owns: removed from Azure
+    /// when the grant stops wanting them (unless another grant wants them too) and, under
+    /// `deletionPolicy: Delete`, when the grant is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_assignments: Vec<String>,
+
     /// Role assignments the principal holds at the grant's scopes that no grant declares.
     /// Reported, never touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -218,13 +218,26 @@ impl ArmClient {
         name: &str,
         properties: RoleAssignmentProperties,
     ) -> Result<RoleAssignment, ArmError> {
+        self.put_role_assignment(scope, name, properties).await.map(|(assignment, _)| assignment)
+    }
+
+    /// PUT a role assignment; the flag is true when Azure created it (201) rather than found
+    /// it already there (200, an idempotent re-PUT or an in-place update).
+    pub async fn put_role_assignment(
+        &self,
+        scope: &ResourceId,
+        name: &str,
+        properties: RoleAssignmentProperties,
+    ) -> Result<(RoleAssignment, bool), ArmError> {
         let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}");
         let body = serde_json::to_vec(&RoleAssignmentCreate { properties }).map_err(|e| ArmError::Other {
             status: 0,
             code: "SerializationFailed".into(),
             message: e.to_string(),
         })?;
-        self.call(Method::Put, self.url(&path, api_version::AUTHORIZATION, None)?, Some(body)).await
+        let response = self.send(Method::Put, self.url(&path, api_version::AUTHORIZATION, None)?, Some(body)).await?;
+        let created = u16::from(response.status()) == 201;
+        parse(response).map(|assignment| (assignment, created))
     }
 
     /// DELETE a role assignment. `Ok(false)` when it was already gone (204).

@@ -337,6 +337,7 @@ fn patch(
                 }
             };
             current.and_then(|mut live| {
+                let operations = api_server_test_semantics(&live, operations);
                 json_patch::patch(&mut live, &operations).map_err(|e| {
                     StatusError::new(
                         422,
@@ -357,6 +358,24 @@ fn patch(
         Ok(o) => json_response(200, &o),
         Err(e) => status_response(&e),
     }
+}
+
+/// The API server's JSON patch (evanphx/json-patch) lets `test` with value `null` pass when
+/// the path does not exist; clients rely on it (kube-runtime adds its first finalizer with
+/// `test /metadata/finalizers == null` then `add`). Such tests are dropped before applying.
+fn api_server_test_semantics(doc: &Value, patch: json_patch::Patch) -> json_patch::Patch {
+    json_patch::Patch(
+        patch
+            .0
+            .into_iter()
+            .filter(|op| match op {
+                json_patch::PatchOperation::Test(t) => {
+                    !(t.value.is_null() && doc.pointer(t.path.as_str()).is_none_or(Value::is_null))
+                }
+                _ => true,
+            })
+            .collect(),
+    )
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {

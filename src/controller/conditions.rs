@@ -1,0 +1,85 @@
+//! `metav1.Condition` bookkeeping with the API's semantics: `lastTransitionTime` changes only
+//! when `status` changes; `observedGeneration` records the spec generation judged.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const READY: &str = "Ready";
+pub const IDENTITY_RESOLVED: &str = "IdentityResolved";
+pub const ROLES_RESOLVED: &str = "RolesResolved";
+pub const POLICY_COMPLIANT: &str = "PolicyCompliant";
+pub const IN_SYNC: &str = "InSync";
+
+/// A condition as a reconcile decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Decided {
+    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Decided { type_, status, reason: reason.into(), message: message.into() }
+    }
+}
+
+/// Merges decided conditions into the previous ones: keeps `lastTransitionTime` when the
+/// status is unchanged, keeps conditions of other types, orders by type.
+pub fn merge(previous: &[Condition], decided: &[Decided], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    let mut out: Vec<Condition> =
+        previous.iter().filter(|c| !decided.iter().any(|d| d.type_ == c.type_)).cloned().collect();
+    for d in decided {
+        let status = if d.status { "True" } else { "False" }.to_owned();
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == d.type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        out.push(Condition {
+            type_: d.type_.to_owned(),
+            status,
+            reason: d.reason.clone(),
+            // The API caps messages at 32 KiB; keep status small.
+            message: d.message.chars().take(4000).collect(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(seconds).expect("timestamp")
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_status() {
+        let first = merge(&[], &[Decided::new(READY, false, "Pending", "waiting")], Some(1), at(100));
+        assert_eq!(first[0].last_transition_time, Time(at(100)));
+        let same = merge(&first, &[Decided::new(READY, false, "Throttled", "still waiting")], Some(2), at(200));
+        assert_eq!(same[0].last_transition_time, Time(at(100)), "reason changes do not move it");
+        assert_eq!(same[0].reason, "Throttled");
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(&same, &[Decided::new(READY, true, "Ready", "ok")], Some(2), at(300));
+        assert_eq!(flipped[0].last_transition_time, Time(at(300)));
+    }
+
+    #[test]
+    fn keeps_other_types_and_orders_by_type() {
+        let a = merge(
+            &[],
+            &[Decided::new(READY, true, "Ready", ""), Decided::new(IN_SYNC, true, "InSync", "")],
+            None,
+            at(1),
+        );
+        let b = merge(&a, &[Decided::new(IDENTITY_RESOLVED, true, "Resolved", "")], None, at(2));
+        assert_eq!(b.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [IDENTITY_RESOLVED, IN_SYNC, READY]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The operator: a kube-runtime Controller for DatabricksIdentityGrants.
+//!
+//! - `reconcile.rs`: one reconcile (I/O, in the order resolve → validate → desired → act → status);
+//! - `plan.rs`: the pure decisions (assignment names, desired vs observed);
+//! - `conditions.rs`: condition bookkeeping;
+//! - `resolve.rs`: identity, role and per-scope assignment caches.
+
+pub mod conditions;
+pub mod plan;
+pub mod reconcile;
+pub mod resolve;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use crate::api::DatabricksIdentityGrant;
+use crate::azure::ResourceId;
+use crate::azure::credentials::ArmClients;
+use resolve::{Resolver, ScopeAssignments};
+
+/// Tunables of the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// How often every grant is compared with Azure (jittered ±10%).
+    pub resync_interval: Duration,
+    /// Retry interval after errors that need a person (missing role, no permission).
+    pub slow_retry: Duration,
+    pub max_concurrent_reconciles: u16,
+    /// In-flight ARM requests per subscription.
+    pub max_arm_requests_per_subscription: usize,
+    /// Namespaces to watch; empty watches all.
+    pub namespaces: Vec<String>,
+    /// How long resolved identities and roles are cached.
+    pub cache_ttl: Duration,
+    /// Name reported on Events.
+    pub instance: String,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            resync_interval: Duration::from_secs(600),
+            slow_retry: Duration::from_secs(300),
+            max_concurrent_reconciles: 16,
+            max_arm_requests_per_subscription: 8,
+            namespaces: Vec::new(),
+            cache_ttl: Duration::from_secs(600),
+            instance: "dbx-identity-operator".into(),
+        }
+    }
+}
+
+/// Counters for tests, the demo and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub assignments_created: AtomicU64,
+    pub status_writes: AtomicU64,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub arm: ArmClients,
+    pub resolver: Resolver,
+    pub scopes: ScopeAssignments,
+    pub recorder: Recorder,
+    pub settings: ControllerSettings,
+    pub counters: Counters,
+    stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
+    attempts: Mutex<HashMap<String, u32>>,
+    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, arm: ArmClients, settings: ControllerSettings) -> Self {
+        let reporter =
+            Reporter { controller: "dbx-identity-operator".into(), instance: Some(settings.instance.clone()) };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            arm,
+            resolver: Resolver::new(settings.cache_ttl),
+            // Half a resync: grants reconciling in the same period share one list per scope.
+            scopes: ScopeAssignments::new(settings.resync_interval / 2),
+            settings,
+            counters: Counters::default(),
+            stores: OnceLock::new(),
+            attempts: Mutex::default(),
+            gates: Mutex::default(),
+        }
+    }
+
+    /// Every grant the controllers currently know.
+    pub fn grants(&self) -> Vec<Arc<DatabricksIdentityGrant>> {
+        self.stores.get().map(|stores| stores.iter().flat_map(Store::state).collect()).unwrap_or_default()
+    }
+
+    /// Waits for a slot among the in-flight ARM requests of `scope`'s subscription.
+    pub async fn arm_permit(&self, scope: &ResourceId) -> Option<OwnedSemaphorePermit> {
+        let key = scope.subscription_id().unwrap_or("tenant").to_ascii_lowercase();
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_arm_requests_per_subscription.max(1))))
+            .clone();
+        gate.acquire_owned().await.ok()
+    }
+
+    fn jitter(d: Duration, share: f64) -> Duration {
+        let factor = rand::rng().random_range((1.0 - share)..=(1.0 + share));
+        d.mul_f64(factor)
+    }
+
+    /// Exponential backoff with jitter (1 s doubling, at most 5 min); a longer Retry-After wins.
+    pub fn backoff(&self, key: &str, retry_after: Option<Duration>) -> Duration {
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let n = attempts.entry(key.to_owned()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let base = Duration::from_secs(1u64 << attempt.min(9)).min(Duration::from_secs(300));
+        Self::jitter(base, 0.2).max(retry_after.unwrap_or_default())
+    }
+
+    pub fn reset_backoff(&self, key: &str) {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    pub fn slow_retry(&self) -> Duration {
+        Self::jitter(self.settings.slow_retry, 0.1)
+    }
+
+    fn action(&self, key: &str, retry: reconcile::RetryClass) -> Action {
+        match retry {
+            reconcile::RetryClass::Resync => Action::requeue(Self::jitter(self.settings.resync_interval, 0.1)),
+            reconcile::RetryClass::Soon(after) => Action::requeue(self.backoff(key, after)),
+            reconcile::RetryClass::Slowly => Action::requeue(self.slow_retry()),
+        }
+    }
+
+    fn metrics_created(&self, created: bool) {
+        if created {
+            self.counters.assignments_created.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_status_write(&self) {
+        self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves, then lets in-flight reconciles finish.
+pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let config = ControllerConfig::default().concurrency(ctx.settings.max_concurrent_reconciles);
+    let controllers: Vec<Controller<DatabricksIdentityGrant>> = namespaces
+        .iter()
+        .map(|ns| {
+            let api: Api<DatabricksIdentityGrant> = match ns {
+                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+                None => Api::all(ctx.client.clone()),
+            };
+            Controller::new(api, watcher::Config::default()).with_config(config.clone())
+        })
+        .collect();
+    let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
+    info!(namespaces = ?ctx.settings.namespaces, "controller started");
+    let runs = controllers.into_iter().map(|controller| {
+        let mut stop = shutdown.clone();
+        controller
+            .graceful_shutdown_on(async move {
+                while !*stop.borrow_and_update() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    warn!(error = %e, "controller");
+                }
+            })
+    });
+    futures::future::join_all(runs).await;
+    info!("controller stopped");
+}

@@ -1,0 +1,678 @@
+//! One reconcile of one DatabricksIdentityGrant: validate → resolve the identity and roles →
+//! build the desired assignments → observe Azure → plan (pure, `plan.rs`) → act → status.
+//! Cleanup on deletion runs through kube-runtime's finalizer helper.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::Context;
+use super::conditions::{self, Decided};
+use super::plan::{DesiredAssignment, ObservedAssignment, OtherGrants, Step, assignment_id, assignment_name, plan};
+use super::resolve::Principal;
+use crate::api::validation::{ValidatedGrant, validate_grant_spec};
+use crate::api::{
+    AssignmentState, DatabricksIdentityGrant, DatabricksIdentityGrantStatus, ManagementPolicy, PrincipalStatus,
+    RoleAssignmentStatus, UnmanagedAssignment,
+};
+use crate::azure::models::RoleAssignmentProperties;
+use crate::azure::{ArmClient, ArmError, ResourceId};
+
+/// Finalizer that holds a grant until its assignments are cleaned up.
+pub const FINALIZER: &str = "identity.dbx-operator.io/cleanup";
+
+/// Errors that end a reconcile early (Kubernetes API failures, cleanup that must be retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// How the next reconcile should be scheduled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RetryClass {
+    /// Everything settled: the next resync.
+    Resync,
+    /// Something may work on its own soon (throttling, outages, replication): back off.
+    Soon(Option<Duration>),
+    /// Something needs a person (missing role, no permission): retry slowly.
+    Slowly,
+}
+
+impl RetryClass {
+    fn worst(self, other: RetryClass) -> RetryClass {
+        match (self, other) {
+            (RetryClass::Soon(a), RetryClass::Soon(b)) => RetryClass::Soon(a.max(b)),
+            (RetryClass::Soon(a), _) | (_, RetryClass::Soon(a)) => RetryClass::Soon(a),
+            (RetryClass::Slowly, _) | (_, RetryClass::Slowly) => RetryClass::Slowly,
+            _ => RetryClass::Resync,
+        }
+    }
+
+    fn of(e: &ArmError) -> RetryClass {
+        if e.is_retryable() { RetryClass::Soon(e.retry_after()) } else { RetryClass::Slowly }
+    }
+}
+
+fn key(grant: &DatabricksIdentityGrant) -> String {
+    format!("{}/{}", grant.namespace().unwrap_or_default(), grant.name_any())
+}
+
+/// `(scope, name)` of an assignment's ARM id (`{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`).
+fn split_assignment_id(id: &str) -> Option<(ResourceId, String)> {
+    const MARKER: &str = "/providers/microsoft.authorization/roleassignments/";
+    let at = id.to_ascii_lowercase().rfind(MARKER)?;
+    let scope = ResourceId::parse(&id[..at]).ok()?;
+    Some((scope, id[at + MARKER.len()..].to_ascii_lowercase()))
+}
+
+/// Entry point for the Controller.
+pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let api: Api<DatabricksIdentityGrant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %grant.name_any(), generation = grant.metadata.generation.unwrap_or_default());
+    let _entered = span.enter();
+    finalizer(&api, FINALIZER, grant, |event| async {
+        match event {
+            Event::Apply(g) => apply(&g, &api, &ctx).await,
+            Event::Cleanup(g) => cleanup(&g, &api, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+}
+
+/// Requeue after an error the reconcile could not record in status.
+pub fn error_policy(grant: Arc<DatabricksIdentityGrant>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    warn!(grant = %key(&grant), %error, "reconcile failed");
+    Action::requeue(ctx.backoff(&key(&grant), None))
+}
+
+/// The client for this grant: the operator's own, or one from its credential Secret.
+async fn arm_client(
+    grant: &DatabricksIdentityGrant,
+    validated: &ValidatedGrant,
+    ctx: &Context,
+) -> Result<ArmClient, String> {
+    let Some(secret_name) = &validated.credential_secret else {
+        return Ok(ctx.arm.operator().clone());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
+    let secret = secrets.get(secret_name).await.map_err(|e| format!("cannot read Secret {secret_name}: {e}"))?;
+    let field = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("Secret {secret_name} lacks key {k}"))
+    };
+    let (tenant, client, value) = (field("tenantId")?, field("clientId")?, field("clientSecret")?);
+    ctx.arm.for_client_secret(&tenant, &client, &value).map_err(|e| e.to_string())
+}
+
+fn entry(
+    grant: &DatabricksIdentityGrant,
+    index: usize,
+    state: AssignmentState,
+    reason: &str,
+    message: String,
+) -> RoleAssignmentStatus {
+    let spec = &grant.spec.role_assignments[index];
+    RoleAssignmentStatus {
+        role: spec.role.clone(),
+        role_definition_id: None,
+        scope: spec.scope.clone(),
+        assignment_id: None,
+        state,
+        reason: Some(reason.to_owned()),
+        message: Some(message),
+    }
+}
+
+/// What other live grants want (from the Controller's caches, not from Azure).
+fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context) -> OtherGrants {
+    let mut others = OtherGrants::default();
+    let me = grant.meta().uid.clone();
+    for other in ctx.grants() {
+        if other.meta().uid == me || other.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(status) = &other.status else { continue };
+        let Some(principal) = &status.principal else { continue };
+        let created = other.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        for (i, ra) in status.role_assignments.iter().enumerate() {
+            if !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted) {
+                continue;
+            }
+            let (Some(role_id), Ok(scope)) = (&ra.role_definition_id, ResourceId::parse(&ra.scope)) else { continue };
+            let Some(guid) = ResourceId::parse(role_id).ok().and_then(|r| crate::azure::guid::parse_guid(r.name()))
+            else {
+                continue;
+            };
+            let name = assignment_name(&principal.principal_id, guid, &scope);
+            let condition = other.spec.role_assignments.get(i).and_then(|s| s.condition.clone());
+            others.wanted.insert(name.clone());
+            others.claims.push((name, condition, key(&other), created.clone()));
+        }
+    }
+    others
+}
+
+async fn apply(
+    grant: &DatabricksIdentityGrant,
+    api: &Api<DatabricksIdentityGrant>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let previous = grant.status.clone().unwrap_or_default();
+    let mut status = DatabricksIdentityGrantStatus {
+        managed_assignments: previous.managed_assignments.clone(),
+        drift_corrections: previous.drift_corrections,
+        ..Default::default()
+    };
+    let mut decided: Vec<Decided> = Vec::new();
+    let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+
+    // 1. Validate.
+    let validated = match validate_grant_spec(&grant.spec) {
+        Ok(v) => v,
+        Err(errors) => {
+            let message = errors.to_string();
+            decided.push(Decided::new(conditions::READY, false, "InvalidSpec", message.clone()));
+            finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", message)])
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // 2. Policy gate: GrantPolicy evaluation arrives with its own issue; say so honestly.
+    decided.push(Decided::new(
+        conditions::POLICY_COMPLIANT,
+        true,
+        "PolicyNotEnforced",
+        "GrantPolicy evaluation is not enabled in this version of the operator: every assignment is allowed",
+    ));
+
+    let arm = match arm_client(grant, &validated, ctx).await {
+        Ok(arm) => arm,
+        Err(message) => {
+            decided.push(Decided::new(conditions::READY, false, "CredentialError", message.clone()));
+            finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "CredentialError", message)])
+                .await?;
+            return Ok(Action::requeue(ctx.slow_retry()));
+        }
+    };
+
+    // 3. Identity → principal.
+    let principal: Principal = match ctx.resolver.principal(&arm, &validated.identity).await {
+        Ok(p) => p,
+        Err(e) => {
+            decided.push(Decided::new(conditions::IDENTITY_RESOLVED, false, e.reason, e.message.clone()));
+            decided.push(Decided::new(conditions::READY, false, e.reason, e.message.clone()));
+            status.role_assignments = (0..grant.spec.role_assignments.len())
+                .map(|i| {
+                    entry(grant, i, AssignmentState::Pending, e.reason, "waiting for the identity to resolve".into())
+                })
+                .collect();
+            finish(
+                grant,
+                api,
+                ctx,
+                status,
+                decided,
+                &previous,
+                vec![(EventType::Warning, e.reason, e.message.clone())],
+            )
+            .await?;
+            let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
+            return Ok(ctx.action(&key(grant), retry));
+        }
+    };
+    decided.push(Decided::new(
+        conditions::IDENTITY_RESOLVED,
+        true,
+        "Resolved",
+        format!("principal {}", principal.principal_id),
+    ));
+    status.principal = Some(PrincipalStatus {
+        principal_id: principal.principal_id.clone(),
+        principal_type: principal.principal_type,
+        tenant_id: principal.tenant_id.clone(),
+        identity_resource_id: principal.identity_resource_id.clone(),
+    });
+
+    // 4. Roles → role definitions; 5. desired assignments.
+    let mut retry = RetryClass::Resync;
+    let mut entries: Vec<Option<RoleAssignmentStatus>> = vec![None; validated.role_assignments.len()];
+    let mut desired: Vec<DesiredAssignment> = Vec::new();
+    let mut role_failures = Vec::new();
+    for (index, ra) in validated.role_assignments.iter().enumerate() {
+        match ctx.resolver.role(&arm, &ra.role, &ra.scope).await {
+            Ok(role) => desired.push(DesiredAssignment {
+                index,
+                name: assignment_name(&principal.principal_id, role.guid, &ra.scope),
+                scope: ra.scope.clone(),
+                role_definition_id: role.role_definition_id,
+                role_guid: role.guid,
+                principal_id: principal.principal_id.clone(),
+                principal_type: principal.principal_type,
+                condition: ra.condition.clone(),
+                description: ra.description.clone(),
+            }),
+            Err(e) => {
+                retry = retry.worst(if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly });
+                let state = if e.retryable { AssignmentState::Pending } else { AssignmentState::Failed };
+                entries[index] = Some(entry(grant, index, state, e.reason, e.message.clone()));
+                role_failures.push((e.reason, e.message));
+            }
+        }
+    }
+    match role_failures.first() {
+        None => decided.push(Decided::new(conditions::ROLES_RESOLVED, true, "Resolved", "every role resolved")),
+        Some((reason, _)) => {
+            let message = role_failures.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+            decided.push(Decided::new(conditions::ROLES_RESOLVED, false, *reason, message.clone()));
+            events.push((EventType::Warning, "RoleNotResolved", message));
+        }
+    }
+
+    // 6. Observe: one (cached) list per distinct scope.
+    let mut observed: Vec<ObservedAssignment> = Vec::new();
+    let scopes: BTreeSet<String> = desired.iter().map(|d| d.scope.normalized()).collect();
+    let mut unreadable: HashMap<String, ArmError> = HashMap::new();
+    for scope_key in &scopes {
+        let Some(scope) = desired.iter().find(|d| d.scope.normalized() == *scope_key).map(|d| d.scope.clone()) else {
+            continue;
+        };
+        let _permit = ctx.arm_permit(&scope).await;
+        match ctx.scopes.list(&arm, &scope).await {
+            Ok(list) => observed.extend(list.iter().filter_map(ObservedAssignment::from_arm)),
+            Err(e) => {
+                retry = retry.worst(RetryClass::of(&e));
+                unreadable.insert(scope_key.clone(), e);
+            }
+        }
+    }
+
+    // 7. Plan.
+    let managed: Vec<(ResourceId, String)> =
+        status.managed_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
+    let created_at = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    let others = other_grants(grant, ctx);
+    let the_plan = plan(&desired, &observed, &managed, &others, &created_at);
+    let enforce = validated.management_policy == ManagementPolicy::Enforce;
+
+    // 8. Act.
+    let mut managed_ids: BTreeSet<String> = status.managed_assignments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    for (d, step) in desired.iter().zip(&the_plan.steps) {
+        let id = assignment_id(&d.scope, &d.name);
+        let described = format!("{} at {}", grant.spec.role_assignments[d.index].role, d.scope);
+        let mut st = entry(grant, d.index, AssignmentState::Pending, "Pending", String::new());
+        st.role_definition_id = Some(d.role_definition_id.clone());
+        if let Some(e) = unreadable.get(&d.scope.normalized()) {
+            st.reason = Some(e.code().to_owned());
+            st.message = Some(format!("cannot list assignments at the scope: {e}"));
+            entries[d.index] = Some(st);
+            continue;
+        }
+        match step {
+            Step::InSync => {
+                st.state = AssignmentState::Assigned;
+                st.assignment_id = Some(id.clone());
+                st.reason = Some("Assigned".into());
+                st.message = None;
+                managed_ids.insert(id.to_ascii_lowercase());
+            }
+            Step::Adopt { id: existing, condition_differs } => {
+                st.state = AssignmentState::Adopted;
+                st.assignment_id = Some(existing.clone());
+                st.reason = Some("Adopted".into());
+                st.message = Some(if *condition_differs {
+                    "an assignment for this principal, role and scope already existed and is used as is; its condition differs from the spec and is left alone".into()
+                } else {
+                    "an assignment for this principal, role and scope already existed; the operator uses it and never deletes it".into()
+                });
+                if previous.role_assignments.get(d.index).is_none_or(|p| p.state != AssignmentState::Adopted) {
+                    events.push((
+                        EventType::Normal,
+                        "Adopted",
+                        format!("adopted existing assignment {existing} for {described}"),
+                    ));
+                }
+            }
+            Step::Conflict { with } => {
+                st.state = AssignmentState::Failed;
+                st.reason = Some("ConflictingGrant".into());
+                st.message = Some(format!(
+                    "older grant {with} asks for the same principal, role and scope with another condition; Azure allows one assignment per tuple, so its condition wins"
+                ));
+                events.push((
+                    EventType::Warning,
+                    "ConflictingGrant",
+                    format!("{described}: conflicts with older grant {with}"),
+                ));
+            }
+            Step::Create { .. } | Step::Update if !enforce => {
+                st.state = AssignmentState::Planned;
+                st.reason = Some(if matches!(step, Step::Update) { "UpdatePlanned" } else { "CreatePlanned" }.into());
+                st.message = Some("managementPolicy is Observe: nothing is written to Azure".into());
+            }
+            // Written below.
+            Step::Create { .. } | Step::Update => {}
+        }
+        if enforce && matches!(step, Step::Create { .. } | Step::Update) {
+            let properties = RoleAssignmentProperties {
+                scope: None,
+                role_definition_id: d.role_definition_id.clone(),
+                principal_id: d.principal_id.clone(),
+                principal_type: Some(format!("{:?}", d.principal_type)),
+                description: d.description.clone(),
+                condition: d.condition.as_ref().map(|c| c.expression.clone()),
+                condition_version: d.condition.as_ref().map(|c| c.version.clone()),
+            };
+            let result = {
+                let _permit = ctx.arm_permit(&d.scope).await;
+                arm.put_role_assignment(&d.scope, &d.name, properties).await
+            };
+            match result {
+                Ok((assignment, created)) => {
+                    ctx.scopes.record_put(&d.scope, assignment).await;
+                    st.state = AssignmentState::Assigned;
+                    st.assignment_id = Some(id.clone());
+                    st.reason = Some("Assigned".into());
+                    st.message = None;
+                    managed_ids.insert(id.to_ascii_lowercase());
+                    let drift = matches!(step, Step::Create { drift: true });
+                    if created && drift {
+                        status.drift_corrections += 1;
+                        events.push((
+                            EventType::Warning,
+                            "DriftCorrected",
+                            format!("recreated {described}: it had been removed outside the operator"),
+                        ));
+                    } else if created {
+                        events.push((EventType::Normal, "Created", format!("assigned {described}")));
+                    } else if matches!(step, Step::Update) {
+                        events.push((
+                            EventType::Normal,
+                            "Updated",
+                            format!("updated condition or description of {described}"),
+                        ));
+                    }
+                    ctx.metrics_created(created);
+                }
+                Err(ArmError::RoleAssignmentExists { message }) => {
+                    // Someone else's assignment the list did not show yet: adopt it.
+                    ctx.scopes.invalidate(&d.scope).await;
+                    let existing =
+                        arm.list_role_assignments_for_principal(&d.scope, &d.principal_id).await.ok().and_then(
+                            |list| {
+                                list.iter()
+                                    .filter_map(ObservedAssignment::from_arm)
+                                    .find(|o| o.scope == d.scope && o.role_guid == d.role_guid)
+                                    .map(|o| o.id)
+                            },
+                        );
+                    st.state = AssignmentState::Adopted;
+                    st.assignment_id = existing.clone();
+                    st.reason = Some("Adopted".into());
+                    st.message = Some(format!(
+                        "an assignment for this principal, role and scope already exists ({message}); the operator uses it and never deletes it"
+                    ));
+                    events.push((
+                        EventType::Normal,
+                        "Adopted",
+                        format!(
+                            "adopted existing assignment {} for {described}",
+                            existing.unwrap_or_else(|| "(not yet listed)".into())
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    retry = retry.worst(RetryClass::of(&e));
+                    st.state = if e.is_retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
+                    st.reason = Some(e.code().to_owned());
+                    st.message = Some(e.to_string());
+                    if !e.is_retryable() {
+                        events.push((EventType::Warning, "AssignmentFailed", format!("{described}: {e}")));
+                    }
+                }
+            }
+        }
+        entries[d.index] = Some(st);
+    }
+    for (index, note) in &the_plan.notes {
+        if let Some(Some(st)) = entries.get_mut(*index) {
+            st.message = Some(st.message.clone().map_or(note.clone(), |m| format!("{m}; {note}")));
+        }
+    }
+
+    // Stale assignments: delete (Enforce) or report (Observe).
+    let mut pending_removals = Vec::new();
+    for name in &the_plan.released {
+        managed_ids.retain(|id| !id.ends_with(&format!("/{name}")));
+    }
+    for (scope, name) in &the_plan.deletions {
+        let id = assignment_id(scope, name).to_ascii_lowercase();
+        if !enforce {
+            pending_removals.push(id);
+            continue;
+        }
+        let result = {
+            let _permit = ctx.arm_permit(scope).await;
+            arm.delete_role_assignment(scope, name).await
+        };
+        match result {
+            Ok(_) | Err(ArmError::NotFound { .. }) => {
+                ctx.scopes.record_delete(scope, name).await;
+                managed_ids.remove(&id);
+                events.push((
+                    EventType::Normal,
+                    "Deleted",
+                    format!("removed assignment {id}: the grant no longer asks for it"),
+                ));
+            }
+            Err(e) => {
+                retry = retry.worst(RetryClass::of(&e));
+                pending_removals.push(format!("{id} ({e})"));
+            }
+        }
+    }
+    status.managed_assignments = managed_ids.into_iter().collect();
+    status.unmanaged_assignments = the_plan
+        .unmanaged
+        .iter()
+        .map(|o| UnmanagedAssignment {
+            assignment_id: o.id.clone(),
+            role_definition_id: o.role_definition_id.clone(),
+            scope: o.scope.to_string(),
+        })
+        .collect();
+
+    // 9. Status.
+    status.role_assignments = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.unwrap_or_else(|| entry(grant, i, AssignmentState::Pending, "Pending", "not yet processed".into()))
+        })
+        .collect();
+    let total = status.role_assignments.len();
+    let done = status
+        .role_assignments
+        .iter()
+        .filter(|e| matches!(e.state, AssignmentState::Assigned | AssignmentState::Adopted))
+        .count();
+    status.assigned = Some(format!("{done}/{total}"));
+    let planned = status.role_assignments.iter().filter(|e| e.state == AssignmentState::Planned).count();
+    let in_sync = done == total && pending_removals.is_empty();
+    decided.push(if in_sync {
+        Decided::new(conditions::IN_SYNC, true, "InSync", "Azure matches the spec")
+    } else if !enforce {
+        Decided::new(
+            conditions::IN_SYNC,
+            false,
+            "ChangesPlanned",
+            format!(
+                "{planned} assignment(s) would be created or updated and {} removed; managementPolicy is Observe",
+                pending_removals.len()
+            ),
+        )
+    } else {
+        let mut why: Vec<String> = status
+            .role_assignments
+            .iter()
+            .filter(|e| !matches!(e.state, AssignmentState::Assigned | AssignmentState::Adopted))
+            .map(|e| {
+                format!("{} at {}: {}", e.role, e.scope, e.message.clone().or(e.reason.clone()).unwrap_or_default())
+            })
+            .collect();
+        why.extend(pending_removals.iter().map(|r| format!("removal pending: {r}")));
+        Decided::new(conditions::IN_SYNC, false, "OutOfSync", why.join("; "))
+    });
+    let first_problem = status
+        .role_assignments
+        .iter()
+        .find(|e| !matches!(e.state, AssignmentState::Assigned | AssignmentState::Adopted));
+    decided.push(match first_problem {
+        None if pending_removals.is_empty() => {
+            Decided::new(conditions::READY, true, "Ready", format!("{done}/{total} role assignments in place"))
+        }
+        None => Decided::new(conditions::READY, false, "RemovalPending", pending_removals.join("; ")),
+        Some(e) => Decided::new(
+            conditions::READY,
+            false,
+            e.reason.clone().unwrap_or_else(|| "Pending".into()),
+            format!(
+                "{done}/{total} role assignments in place; {} at {}: {}",
+                e.role,
+                e.scope,
+                e.message.clone().unwrap_or_default()
+            ),
+        ),
+    });
+    finish(grant, api, ctx, status, decided, &previous, events).await?;
+    if retry == RetryClass::Resync {
+        ctx.reset_backoff(&key(grant));
+    }
+    Ok(ctx.action(&key(grant), retry))
+}
+
+/// Writes status when it changed (and refreshes `lastSyncTime` at most hourly otherwise) and
+/// publishes events.
+async fn finish(
+    grant: &DatabricksIdentityGrant,
+    api: &Api<DatabricksIdentityGrant>,
+    ctx: &Context,
+    mut status: DatabricksIdentityGrantStatus,
+    decided: Vec<Decided>,
+    previous: &DatabricksIdentityGrantStatus,
+    events: Vec<(EventType, &'static str, String)>,
+) -> Result<(), ReconcileError> {
+    let now = Timestamp::now();
+    status.observed_generation = grant.metadata.generation;
+    status.conditions = conditions::merge(&previous.conditions, &decided, grant.metadata.generation, now);
+    status.last_sync_time = previous.last_sync_time.clone();
+    let stale_sync = previous.last_sync_time.as_ref().is_none_or(|t| now.duration_since(t.0).as_secs() > 3600);
+    if status != *previous || stale_sync {
+        status.last_sync_time = Some(Time(now));
+        let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
+        // Merge patch: absent optional fields must be cleared explicitly.
+        if let Some(map) = value.as_object_mut() {
+            for field in [
+                "principal",
+                "roleAssignments",
+                "assigned",
+                "managedAssignments",
+                "unmanagedAssignments",
+                "conditions",
+                "lastSyncTime",
+                "observedGeneration",
+            ] {
+                map.entry(field).or_insert(Value::Null);
+            }
+        }
+        api.patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": value}))).await?;
+        ctx.count_status_write();
+    }
+    let reference = grant.object_ref(&());
+    for (type_, reason, note) in events {
+        info!(grant = %key(grant), reason, %note, "event");
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(
+    grant: &DatabricksIdentityGrant,
+    api: &Api<DatabricksIdentityGrant>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    if grant.spec.deletion_policy == crate::api::DeletionPolicy::Retain {
+        info!(grant = %key(grant), "deletionPolicy Retain: leaving role assignments in Azure");
+        return Ok(Action::await_change());
+    }
+    let previous = grant.status.clone().unwrap_or_default();
+    let others = other_grants(grant, ctx);
+    let arm = match validate_grant_spec(&grant.spec) {
+        Ok(v) => arm_client(grant, &v, ctx).await.map_err(ReconcileError::Cleanup)?,
+        Err(_) => ctx.arm.operator().clone(),
+    };
+    let mut failures = Vec::new();
+    let mut remaining = Vec::new();
+    for id in &previous.managed_assignments {
+        let Some((scope, name)) = split_assignment_id(id) else { continue };
+        if others.wanted.contains(&name) {
+            continue;
+        }
+        let name = name.as_str();
+        let result = {
+            let _permit = ctx.arm_permit(&scope).await;
+            arm.delete_role_assignment(&scope, name).await
+        };
+        match result {
+            // Gone already, or its scope is gone: done.
+            Ok(_) | Err(ArmError::NotFound { .. }) => ctx.scopes.record_delete(&scope, name).await,
+            Err(e) => {
+                failures.push(format!("{id}: {e}"));
+                remaining.push(id.clone());
+            }
+        }
+    }
+    if failures.is_empty() {
+        info!(grant = %key(grant), "removed its role assignments");
+        return Ok(Action::await_change());
+    }
+    let message =
+        format!("cannot remove role assignments, the finalizer stays until they are removed: {}", failures.join("; "));
+    let decided = vec![Decided::new(conditions::READY, false, "CleanupFailed", message.clone())];
+    let status = DatabricksIdentityGrantStatus { managed_assignments: remaining, ..previous.clone() };
+    finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "CleanupFailed", message.clone())])
+        .await?;
+    Err(ReconcileError::Cleanup(message))
+}

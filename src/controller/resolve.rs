@@ -1,0 +1,400 @@
+//! Resolution through ARM, cached: a grant's identity to an Entra principal, a role reference to
+//! a role definition at a scope, and the role assignments at a scope (one list per scope per
+//! resync, shared by every grant).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::api::PrincipalType;
+use crate::api::validation::ValidatedIdentity;
+use crate::azure::models::{Permission, RoleAssignment, RoleDefinition};
+use crate::azure::role_ref::ROLE_DEFINITION_TYPE;
+use crate::azure::{ArmClient, ArmError, ResourceId, RoleRef};
+
+/// The Entra principal behind a grant's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub principal_id: String,
+    pub principal_type: PrincipalType,
+    pub tenant_id: Option<String>,
+    /// The managed identity or connector it belongs to.
+    pub identity_resource_id: Option<String>,
+}
+
+/// Why an identity did not resolve. `reason` is the condition reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct IdentityError {
+    pub reason: &'static str,
+    pub message: String,
+    /// Retrying may help (throttling, outages) — unlike a missing workspace.
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl IdentityError {
+    fn from_arm(not_found_reason: &'static str, what: &str, e: &ArmError) -> Self {
+        let reason = match e {
+            ArmError::NotFound { .. } => not_found_reason,
+            ArmError::AuthorizationFailed { .. } => "AuthorizationFailed",
+            e if e.is_retryable() => "AzureUnavailable",
+            _ => "AzureError",
+        };
+        IdentityError {
+            reason,
+            message: format!("{what}: {e}"),
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+        }
+    }
+
+    fn missing(reason: &'static str, message: String) -> Self {
+        IdentityError { reason, message, retryable: false, retry_after: None }
+    }
+}
+
+/// A resolved role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedRole {
+    pub role_definition_id: String,
+    pub guid: Uuid,
+    pub role_name: String,
+    pub permissions: Vec<Permission>,
+}
+
+/// Why a role did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct RoleError {
+    pub reason: &'static str,
+    pub message: String,
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+struct Entry<T> {
+    at: Instant,
+    value: T,
+}
+
+/// TTL caches shared by all reconciles.
+pub struct Resolver {
+    ttl: Duration,
+    identities: Mutex<HashMap<String, Entry<Principal>>>,
+    roles: Mutex<HashMap<String, Entry<ResolvedRole>>>,
+}
+
+fn get_fresh<T: Clone>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str, ttl: Duration) -> Option<T> {
+    let map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(key).filter(|e| e.at.elapsed() < ttl).map(|e| e.value.clone())
+}
+
+fn put<T>(map: &Mutex<HashMap<String, Entry<T>>>, key: String, value: T) {
+    map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Entry { at: Instant::now(), value });
+}
+
+impl Resolver {
+    pub fn new(ttl: Duration) -> Self {
+        Resolver { ttl, identities: Mutex::default(), roles: Mutex::default() }
+    }
+
+    /// Forgets a cached identity (e.g. after PrincipalNotFound for a deleted identity).
+    pub fn forget_identity(&self, identity: &ValidatedIdentity) {
+        self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&identity_key(identity));
+    }
+
+    pub async fn principal(&self, arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, IdentityError> {
+        let key = identity_key(identity);
+        if let Some(p) = get_fresh(&self.identities, &key, self.ttl) {
+            return Ok(p);
+        }
+        let principal = resolve_identity(arm, identity).await?;
+        put(&self.identities, key, principal.clone());
+        Ok(principal)
+    }
+
+    pub async fn role(&self, arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Result<ResolvedRole, RoleError> {
+        // Built-in GUIDs are global; names and custom roles are looked up where they are used.
+        let key = match role {
+            RoleRef::Name(name) => format!("name|{}|{}", name.to_ascii_lowercase(), scope.normalized()),
+            other => format!(
+                "guid|{}|{}",
+                other.guid().unwrap_or_default(),
+                scope.subscription_id().unwrap_or("tenant").to_ascii_lowercase()
+            ),
+        };
+        if let Some(r) = get_fresh(&self.roles, &key, self.ttl) {
+            return Ok(r);
+        }
+        let resolved = resolve_role(arm, role, scope).await?;
+        put(&self.roles, key, resolved.clone());
+        Ok(resolved)
+    }
+}
+
+fn identity_key(identity: &ValidatedIdentity) -> String {
+    match identity {
+        ValidatedIdentity::WorkspaceManagedIdentity { workspace } => format!("ws-mi|{}", workspace.normalized()),
+        ValidatedIdentity::WorkspaceAccessConnector { workspace } => format!("ws-ac|{}", workspace.normalized()),
+        ValidatedIdentity::AccessConnector { connector, user_assigned_identity } => format!(
+            "ac|{}|{}",
+            connector.normalized(),
+            user_assigned_identity.as_ref().map(ResourceId::normalized).unwrap_or_default()
+        ),
+        ValidatedIdentity::Principal { principal_id, .. } => format!("p|{principal_id}"),
+    }
+}
+
+async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, IdentityError> {
+    match identity {
+        ValidatedIdentity::Principal { principal_id, principal_type } => Ok(Principal {
+            principal_id: principal_id.to_string(),
+            principal_type: *principal_type,
+            tenant_id: None,
+            identity_resource_id: None,
+        }),
+        ValidatedIdentity::WorkspaceManagedIdentity { workspace } => {
+            let ws = arm
+                .get_workspace(workspace)
+                .await
+                .map_err(|e| IdentityError::from_arm("WorkspaceNotFound", &format!("workspace {workspace}"), &e))?;
+            let managed_rg = ResourceId::parse(&ws.properties.managed_resource_group_id).map_err(|e| {
+                IdentityError::missing(
+                    "NoManagedIdentity",
+                    format!(
+                        "workspace {workspace} reports managed resource group '{}': {e}",
+                        ws.properties.managed_resource_group_id
+                    ),
+                )
+            })?;
+            let id = managed_rg.with_provider_resource(
+                "Microsoft.ManagedIdentity",
+                "userAssignedIdentities",
+                "dbmanagedidentity",
+            );
+            let uai = arm.get_user_assigned_identity(&id).await.map_err(|e| {
+                IdentityError::from_arm(
+                    "NoManagedIdentity",
+                    &format!("dbmanagedidentity of workspace {workspace} ({id})"),
+                    &e,
+                )
+            })?;
+            Ok(Principal {
+                principal_id: uai.properties.principal_id.to_ascii_lowercase(),
+                principal_type: PrincipalType::ServicePrincipal,
+                tenant_id: Some(uai.properties.tenant_id),
+                identity_resource_id: Some(id.to_string()),
+            })
+        }
+        ValidatedIdentity::WorkspaceAccessConnector { workspace } => {
+            let ws = arm
+                .get_workspace(workspace)
+                .await
+                .map_err(|e| IdentityError::from_arm("WorkspaceNotFound", &format!("workspace {workspace}"), &e))?;
+            let Some(link) = ws.properties.access_connector else {
+                return Err(IdentityError::missing(
+                    "NoLinkedAccessConnector",
+                    format!("workspace {workspace} links no Access Connector (properties.accessConnector)"),
+                ));
+            };
+            let connector = ResourceId::parse(&link.id).map_err(|e| {
+                IdentityError::missing("AccessConnectorNotFound", format!("workspace links '{}': {e}", link.id))
+            })?;
+            let user_assigned = match link
+                .user_assigned_identity_id
+                .as_deref()
+                .filter(|_| link.identity_type.eq_ignore_ascii_case("UserAssigned"))
+            {
+                Some(uai) => Some(ResourceId::parse(uai).map_err(|e| {
+                    IdentityError::missing(
+                        "AccessConnectorHasNoIdentity",
+                        format!("workspace names user-assigned identity '{uai}': {e}"),
+                    )
+                })?),
+                None => None,
+            };
+            connector_principal(arm, &connector, user_assigned.as_ref()).await
+        }
+        ValidatedIdentity::AccessConnector { connector, user_assigned_identity } => {
+            connector_principal(arm, connector, user_assigned_identity.as_ref()).await
+        }
+    }
+}
+
+async fn connector_principal(
+    arm: &ArmClient,
+    connector: &ResourceId,
+    user_assigned: Option<&ResourceId>,
+) -> Result<Principal, IdentityError> {
+    let ac = arm.get_access_connector(connector).await.map_err(|e| {
+        IdentityError::from_arm("AccessConnectorNotFound", &format!("access connector {connector}"), &e)
+    })?;
+    let identity = ac.identity.ok_or_else(|| {
+        IdentityError::missing(
+            "AccessConnectorHasNoIdentity",
+            format!("access connector {connector} has no managed identity"),
+        )
+    })?;
+    let (principal, resource) = match user_assigned {
+        Some(uai) => {
+            let entry = identity
+                .user_assigned_identities
+                .iter()
+                .find(|(id, _)| ResourceId::parse(id).is_ok_and(|id| id == *uai));
+            let Some((_, entry)) = entry else {
+                return Err(IdentityError::missing(
+                    "UserAssignedIdentityNotAttached",
+                    format!("access connector {connector} does not carry user-assigned identity {uai}"),
+                ));
+            };
+            (entry.principal_id.clone(), uai.to_string())
+        }
+        None => (identity.principal_id.clone(), connector.to_string()),
+    };
+    let principal = principal.filter(|p| !p.is_empty()).ok_or_else(|| {
+        IdentityError::missing(
+            "AccessConnectorHasNoIdentity",
+            format!(
+                "access connector {connector} reports no principalId for {}",
+                user_assigned.map_or("its system-assigned identity".to_owned(), |u| u.to_string())
+            ),
+        )
+    })?;
+    Ok(Principal {
+        principal_id: principal.to_ascii_lowercase(),
+        principal_type: PrincipalType::ServicePrincipal,
+        tenant_id: identity.tenant_id,
+        identity_resource_id: Some(resource),
+    })
+}
+
+fn role_error(role: &RoleRef, e: &ArmError) -> RoleError {
+    let reason = match e {
+        ArmError::RoleDefinitionDoesNotExist { .. } | ArmError::NotFound { .. } => "RoleNotFound",
+        ArmError::AuthorizationFailed { .. } => "AuthorizationFailed",
+        e if e.is_retryable() => "AzureUnavailable",
+        _ => "AzureError",
+    };
+    RoleError {
+        reason,
+        message: format!("role '{role}': {e}"),
+        retryable: e.is_retryable(),
+        retry_after: e.retry_after(),
+    }
+}
+
+fn resolved(def: RoleDefinition) -> Option<ResolvedRole> {
+    let guid = crate::azure::guid::parse_guid(&def.name)?;
+    Some(ResolvedRole {
+        role_definition_id: def.id,
+        guid,
+        role_name: def.properties.role_name,
+        permissions: def.properties.permissions,
+    })
+}
+
+async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Result<ResolvedRole, RoleError> {
+    let not_found = |detail: String| RoleError {
+        reason: "RoleNotFound",
+        message: format!("role '{role}' {detail}"),
+        retryable: false,
+        retry_after: None,
+    };
+    match role {
+        RoleRef::Name(name) => {
+            let found = arm.find_role_definitions(scope, name).await.map_err(|e| role_error(role, &e))?;
+            match found.len() {
+                0 => Err(not_found(format!("does not exist at scope {scope}"))),
+                1 => found
+                    .into_iter()
+                    .next()
+                    .and_then(resolved)
+                    .ok_or_else(|| not_found("came back without a GUID".into())),
+                n => Err(RoleError {
+                    reason: "AmbiguousRole",
+                    message: format!("{n} role definitions are named '{name}' at {scope}; name the role by GUID"),
+                    retryable: false,
+                    retry_after: None,
+                }),
+            }
+        }
+        RoleRef::Guid(guid) => {
+            let base = match scope.subscription_id() {
+                Some(sub) => ResourceId::subscription(sub),
+                None => ResourceId::parse(&format!(
+                    "/providers/Microsoft.Management/managementGroups/{}",
+                    scope.management_group().unwrap_or_default()
+                ))
+                .map_err(|e| not_found(e.to_string()))?,
+            };
+            let id = base.with_provider_resource("Microsoft.Authorization", "roleDefinitions", &guid.to_string());
+            let def = arm.get_role_definition(&id).await.map_err(|e| role_error(role, &e))?;
+            resolved(def).ok_or_else(|| not_found("came back without a GUID".into()))
+        }
+        RoleRef::DefinitionId { id, .. } => {
+            debug_assert!(id.is_type(ROLE_DEFINITION_TYPE));
+            let def = arm.get_role_definition(id).await.map_err(|e| role_error(role, &e))?;
+            resolved(def).ok_or_else(|| not_found("came back without a GUID".into()))
+        }
+    }
+}
+
+/// One scope's cached list; the async lock makes concurrent grants wait for a single read.
+type ScopeSlot = Arc<tokio::sync::Mutex<Option<Entry<Vec<RoleAssignment>>>>>;
+
+/// Role assignments per scope, listed once per `ttl` and shared by every grant; our own writes
+/// update the cached list so the next grant does not need a fresh read.
+pub struct ScopeAssignments {
+    ttl: Duration,
+    scopes: Mutex<HashMap<String, ScopeSlot>>,
+}
+
+impl ScopeAssignments {
+    pub fn new(ttl: Duration) -> Self {
+        ScopeAssignments { ttl, scopes: Mutex::default() }
+    }
+
+    fn slot(&self, scope: &ResourceId) -> ScopeSlot {
+        self.scopes.lock().unwrap_or_else(|p| p.into_inner()).entry(scope.normalized()).or_default().clone()
+    }
+
+    /// Assignments at and above `scope`; at most one ARM list per scope per TTL, even when many
+    /// grants ask at once.
+    pub async fn list(&self, arm: &ArmClient, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
+        let slot = self.slot(scope);
+        let mut guard = slot.lock().await;
+        if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < self.ttl) {
+            return Ok(entry.value.clone());
+        }
+        let fresh = arm.list_role_assignments_at_scope(scope).await?;
+        *guard = Some(Entry { at: Instant::now(), value: fresh.clone() });
+        Ok(fresh)
+    }
+
+    /// Records our own PUT in the cached list.
+    pub async fn record_put(&self, scope: &ResourceId, assignment: RoleAssignment) {
+        let slot = self.slot(scope);
+        let mut guard = slot.lock().await;
+        if let Some(entry) = guard.as_mut() {
+            entry.value.retain(|a| !a.name.eq_ignore_ascii_case(&assignment.name));
+            entry.value.push(assignment);
+        }
+    }
+
+    /// Records our own DELETE in the cached list.
+    pub async fn record_delete(&self, scope: &ResourceId, name: &str) {
+        let slot = self.slot(scope);
+        let mut guard = slot.lock().await;
+        if let Some(entry) = guard.as_mut() {
+            entry.value.retain(|a| !a.name.eq_ignore_ascii_case(name));
+        }
+    }
+
+    /// Drops the cached list so the next reconcile reads Azure again.
+    pub async fn invalidate(&self, scope: &ResourceId) {
+        *self.slot(scope).lock().await = None;
+    }
+}
