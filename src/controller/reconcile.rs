@@ -326,6 +326,9 @@ async fn apply(
         let mut st = entry(grant, d.index, AssignmentState::Pending, "Pending", String::new());
         st.role_definition_id = Some(d.role_definition_id.clone());
         if let Some(e) = unreadable.get(&d.scope.normalized()) {
+            if !e.is_retryable() {
+                st.state = AssignmentState::Failed;
+            }
             st.reason = Some(e.code().to_owned());
             st.message = Some(format!("cannot list assignments at the scope: {e}"));
             entries[d.index] = Some(st);
