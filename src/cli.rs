@@ -30,6 +30,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
     },
+    /// Play the operator's story on the embedded sandbox (about 20 s): convergence, drift,
+    /// a new identity, a spec change, a deletion — then a summary.
+    Demo {
+        /// Keep the sandbox and controller running afterwards, for kubectl, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the operator: reconcile DatabricksIdentityGrants against Azure until SIGTERM/Ctrl-C.
     Run(RunArgs),
     /// Run the Kubernetes and Azure emulators with a seeded estate until Ctrl-C.
@@ -121,6 +128,8 @@ pub enum CliError {
     Azure(#[from] AzureSetupError),
     #[error("cannot reach Kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    #[error("demo: {0}")]
+    Demo(#[from] crate::demo::DemoError),
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -135,6 +144,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(args) => run_operator(args).await,
+        Command::Demo { keep } => Ok(crate::demo::run(keep).await?),
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
             let mut options = SandboxOptions::new(dir);
             options.seed = seed;

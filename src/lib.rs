@@ -7,5 +7,6 @@ pub mod api;
 pub mod azure;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod policy;
 pub mod sandbox;
