@@ -33,6 +33,10 @@ struct Harness {
 }
 
 async fn harness(state: StateConfig) -> Harness {
+    harness_watching(state, Vec::new()).await
+}
+
+async fn harness_watching(state: StateConfig, namespaces: Vec<String>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = SandboxOptions::new(dir.path().to_owned());
     options.arm_state = state;
@@ -67,6 +71,7 @@ async fn harness(state: StateConfig) -> Harness {
             resync_interval: Duration::from_secs(2),
             slow_retry: Duration::from_secs(2),
             cache_ttl: Duration::from_secs(2),
+            namespaces,
             ..ControllerSettings::default()
         },
     ));
@@ -459,5 +464,135 @@ async fn every_error_class_is_reported_and_others_proceed() {
     h.sandbox.arm.emulator.set_faults(FaultConfig::default());
     h.gone("fresh").await;
     h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn conflicts_unmanaged_assignments_events_and_throttling() {
+    let h = harness(StateConfig::default()).await;
+    // Tight write budget: every write beyond the first two waits for Retry-After.
+    h.sandbox.arm.emulator.set_throttling(dbx_identity_operator::sandbox::arm::ThrottleConfig {
+        writes: dbx_identity_operator::sandbox::arm::throttle::Bucket { burst: 2.0, per_second: 2.0 },
+        ..Default::default()
+    });
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    let principal = h.sandbox.estate.workspaces[1].managed_identity_principal_id.clone();
+    let identity = json!({"principal": {"principalId": principal}});
+    let with = |c: &str| json!([{"role": "Storage Blob Data Reader", "scope": lake, "condition": format!("@Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name] StringEquals '{c}'"), "conditionVersion": "2.0"}, {"role": "Reader", "scope": rg("rg-lake")}, {"role": "Reader", "scope": rg("rg-streaming")}]);
+    h.apply(&grant("older", identity.clone(), with("curated"))).await;
+    h.ready("older").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have one-second resolution
+    h.apply(&grant("younger", identity, with("raw"))).await;
+    let younger = h
+        .wait_for("younger", "in conflict", |g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.role_assignments.first().is_some_and(|r| r.reason.as_deref() == Some("ConflictingGrant"))
+            })
+        })
+        .await;
+    let entry = &younger.status.expect("status").role_assignments[0];
+    assert_eq!(entry.state, AssignmentState::Failed);
+    assert!(entry.message.as_deref().is_some_and(|m| m.contains("team-analytics/older")));
+    let older = h
+        .wait_for("older", "reporting the conflict", |g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.role_assignments[0].message.as_deref().is_some_and(|m| m.contains("team-analytics/younger"))
+            })
+        })
+        .await;
+    assert_eq!(
+        older.status.expect("status").role_assignments[0].state,
+        AssignmentState::Assigned,
+        "the older grant keeps its assignment"
+    );
+    // Azure holds the older grant's condition.
+    let conditions: Vec<Option<String>> = h
+        .sandbox
+        .arm
+        .emulator
+        .state()
+        .all_assignments()
+        .into_iter()
+        .filter(|a| a.3 == principal && a.1.to_string().ends_with("stlakeprod"))
+        .map(|a| a.4)
+        .collect();
+    assert_eq!(conditions.len(), 1);
+    assert!(conditions[0].as_deref().is_some_and(|c| c.contains("curated")));
+
+    // An assignment of the principal no grant declares is reported, not touched.
+    let contributor = guid_of("Storage Blob Data Contributor", &h);
+    let mut h = h;
+    let foreign = h.sandbox.arm.emulator.state().assign_out_of_band(
+        &ResourceId::parse(&lake).expect("scope"),
+        contributor,
+        &principal,
+    );
+    h.foreign.insert(foreign.clone());
+    let reported = h
+        .wait_for("older", "reporting the unmanaged assignment", |g| {
+            g.status
+                .as_ref()
+                .is_some_and(|s| s.unmanaged_assignments.iter().any(|u| u.assignment_id.ends_with(&foreign)))
+        })
+        .await;
+    let unmanaged = &reported.status.expect("status").unmanaged_assignments;
+    assert!(unmanaged.iter().any(|u| u.role_definition_id.ends_with(&contributor.to_string())));
+    assert!(h.tuples().iter().any(|t| t.0 == foreign), "the operator removed an assignment it does not own");
+
+    // Throttling cost retries, not correctness: both grants hold every other assignment.
+    h.wait_for("younger", "otherwise assigned", |g| {
+        g.status.as_ref().is_some_and(|s| s.assigned.as_deref() == Some("2/3"))
+    })
+    .await;
+    assert!(
+        h.sandbox.arm.emulator.stats().contains_key(&("PutRoleAssignment".to_owned(), 429)),
+        "the test did not throttle"
+    );
+
+    // Events tell the story.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(h.sandbox.kube.emulator.client().expect("client"), NS);
+    let reasons: HashSet<String> =
+        events.list(&Default::default()).await.expect("events").items.into_iter().filter_map(|e| e.reason).collect();
+    for reason in ["Created", "ConflictingGrant"] {
+        assert!(reasons.contains(reason), "no {reason} event in {reasons:?}");
+    }
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_watched_namespaces_are_reconciled() {
+    let h = harness_watching(StateConfig::default(), vec!["platform".into()]).await;
+    let client = h.sandbox.kube.emulator.client().expect("client");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "platform"}})).expect("ns"))
+        .await
+        .expect("ns");
+    let platform: Api<DatabricksIdentityGrant> = Api::namespaced(client, "platform");
+    platform
+        .create(
+            &PostParams::default(),
+            &grant("watched", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}])),
+        )
+        .await
+        .expect("create");
+    h.apply(&grant("ignored", h.workspace_identity(1), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let g = platform.get("watched").await.expect("get");
+        if g.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "Ready" && c.status == "True") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the watched namespace was not reconciled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a (wrongly) all-namespace controller ample time to have touched it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ignored = h.grants.get("ignored").await.expect("get");
+    assert!(
+        ignored.status.is_none() && ignored.metadata.finalizers.is_none(),
+        "a grant outside --namespace was touched"
+    );
     h.stop().await;
 }

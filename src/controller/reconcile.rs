@@ -158,7 +158,12 @@ fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context) -> OtherGrants {
         let Some(principal) = &status.principal else { continue };
         let created = other.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
         for (i, ra) in status.role_assignments.iter().enumerate() {
-            if !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted) {
+            // A grant that lost a condition conflict still wants the tuple (and takes it over
+            // when the older grant goes), so its claim counts too.
+            let lost_conflict = ra.reason.as_deref() == Some("ConflictingGrant");
+            if !lost_conflict
+                && !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted)
+            {
                 continue;
             }
             let (Some(role_id), Ok(scope)) = (&ra.role_definition_id, ResourceId::parse(&ra.scope)) else { continue };
