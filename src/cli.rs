@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Namespace to watch (repeatable); default all.
     #[arg(long = "namespace", env = "DBX_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// `require`: a namespace no GrantPolicy governs gets nothing. `permissive`: ungoverned
+    /// namespaces may grant anything (for trying the operator out only).
+    #[arg(long, env = "DBX_POLICY_MODE", value_enum, default_value = "require")]
+    pub policy_mode: crate::policy::evaluate::PolicyMode,
     /// Log format.
     #[arg(long, env = "DBX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -191,6 +195,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
             max_concurrent_reconciles: args.max_concurrent_reconciles,
             max_arm_requests_per_subscription: args.max_arm_requests_per_subscription,
             namespaces: args.namespaces,
+            policy_mode: args.policy_mode,
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "dbx-identity-operator".into()),
             ..ControllerSettings::default()
         },

@@ -255,19 +255,24 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
 
     // 3. A brand-new identity.
     let t = Instant::now();
-    let uai = ResourceId::resource_group(SUBSCRIPTION_ID, "rg-analytics").with_provider_resource(
-        "Microsoft.ManagedIdentity",
-        "userAssignedIdentities",
-        "id-ingest",
-    );
-    let (principal, _) = demo.sandbox.arm.emulator.state().create_user_assigned_identity(&uai, Duration::ZERO);
+    let analytics = ResourceId::resource_group(SUBSCRIPTION_ID, "rg-analytics");
+    let uai = analytics.with_provider_resource("Microsoft.ManagedIdentity", "userAssignedIdentities", "id-ingest");
+    let connector = analytics.with_provider_resource("Microsoft.Databricks", "accessConnectors", "ac-ingest");
+    {
+        let mut state = demo.sandbox.arm.emulator.state();
+        state.create_user_assigned_identity(&uai, Duration::ZERO);
+        state.add_resource(
+            &connector,
+            arm::ResourceKind::AccessConnector { system_principal: None, user_assigned: vec![uai.clone()] },
+        );
+    }
     say(&format!(
-        "{} ▶ A new identity (id-ingest) is created and granted at once: Entra has not replicated it yet (PrincipalNotFound); the operator backs off and converges.",
+        "{} ▶ A new Access Connector with a new identity (id-ingest) is granted at once: Entra has not replicated it yet (PrincipalNotFound); the operator backs off and converges.",
         demo.clock()
     ));
     let fresh: DatabricksIdentityGrant = serde_json::from_value(json!({
         "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant", "metadata": {"name": "ingest-reader"},
-        "spec": {"identity": {"principal": {"principalId": principal}}, "roleAssignments": [{"role": "Storage Blob Data Reader", "scope": demo.sandbox.estate.scopes.storage_account}]},
+        "spec": {"identity": {"accessConnector": {"resourceId": connector.to_string(), "userAssignedIdentityId": uai.to_string()}}, "roleAssignments": [{"role": "Storage Blob Data Reader", "scope": demo.sandbox.estate.scopes.storage_account}]},
     }))
     .map_err(|e| DemoError::Example { file: "ingest-reader", message: e.to_string() })?;
     demo.grants.create(&PostParams::default(), &fresh).await?;
@@ -281,11 +286,14 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
 
     // 4. Spec change.
     let t = Instant::now();
-    say(&format!("{} ▶ The Key Vault grant also needs Key Vault Reader: the spec gains a second role.", demo.clock()));
+    say(&format!(
+        "{} ▶ The Key Vault grant also needs Reader on the vault: the spec gains a second role.",
+        demo.clock()
+    ));
     let vault = demo.sandbox.estate.scopes.key_vault.clone();
     let patch = json!({"spec": {"roleAssignments": [
         {"role": "Key Vault Secrets User", "scope": vault, "description": "dbw-analytics-prod reads secret-scope secrets"},
-        {"role": "Key Vault Reader", "scope": vault},
+        {"role": "Reader", "scope": vault},
     ]}});
     demo.grants.patch("analytics-prod-keyvault", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     demo.until("spec change", Duration::from_secs(20), |api| async move {
@@ -295,7 +303,42 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     .await?;
     timings.push(("spec change", t.elapsed()));
 
-    // 5. Deletion.
+    // 5. Guardrails.
+    let t = Instant::now();
+    say(&format!(
+        "{} ▶ The team tries to make its connector Owner of the lake: the GrantPolicy denies it (Owner is not an allowed role — and privileged roles would need allowPrivilegedRoles) and nothing reaches Azure.",
+        demo.clock()
+    ));
+    let greedy: DatabricksIdentityGrant = serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant", "metadata": {"name": "lake-owner"},
+        "spec": {"identity": {"accessConnector": {"resourceId": demo.sandbox.estate.access_connectors[0].id}}, "roleAssignments": [{"role": "Owner", "scope": demo.sandbox.estate.scopes.resource_group}]},
+    }))
+    .map_err(|e| DemoError::Example { file: "lake-owner", message: e.to_string() })?;
+    demo.grants.create(&PostParams::default(), &greedy).await?;
+    demo.until("denied by policy", Duration::from_secs(20), |api| async move {
+        let g = api.get("lake-owner").await.map_err(|e| e.to_string())?;
+        Ok(g.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "PolicyCompliant" && c.status == "False"))
+    })
+    .await?;
+    let owner_guid = demo.sandbox.arm.emulator.state().role_guid_by_name("Owner");
+    let leaked = demo
+        .sandbox
+        .arm
+        .emulator
+        .state()
+        .all_assignments()
+        .iter()
+        .any(|a| Some(a.2) == owner_guid && a.1.to_string().ends_with("rg-lake"));
+    if leaked {
+        return Err(DemoError::Timeout {
+            scenario: "guardrails",
+            seconds: 20,
+            detail: "an Owner assignment reached Azure".into(),
+        });
+    }
+    timings.push(("guardrails", t.elapsed()));
+
+    // 6. Deletion.
     let t = Instant::now();
     let owned: Vec<String> =
         demo.grants.get("unity-catalog-lake-curated").await?.status.map(|s| s.managed_assignments).unwrap_or_default();

@@ -17,6 +17,7 @@ fn demo_plays_every_scenario_and_exits_zero() {
         "the next resync restores it",
         "PrincipalNotFound",
         "the spec gains a second role",
+        "the GrantPolicy denies it",
         "removed from Azure before the grant goes",
         "Summary",
         "PutRoleAssignment",
@@ -26,4 +27,5 @@ fn demo_plays_every_scenario_and_exits_zero() {
     // The table shows the drift correction and the final 2/2 of the changed grant.
     assert!(stdout.lines().any(|l| l.contains("unity-catalog-lake-curated") && l.contains(" 1 ")), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("analytics-prod-keyvault") && l.contains("2/2")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("lake-owner") && l.contains("RoleNotAllowed")), "{stdout}");
 }

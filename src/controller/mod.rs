@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod plan;
+pub mod policy_status;
 pub mod reconcile;
 pub mod resolve;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -25,9 +26,14 @@ use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::api::DatabricksIdentityGrant;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef};
+
+use crate::api::{DatabricksIdentityGrant, GrantPolicy};
 use crate::azure::ResourceId;
 use crate::azure::credentials::ArmClients;
+use crate::policy::evaluate::PolicyMode;
 use resolve::{Resolver, ScopeAssignments};
 
 /// Tunables of the controller.
@@ -46,6 +52,8 @@ pub struct ControllerSettings {
     pub cache_ttl: Duration,
     /// Name reported on Events.
     pub instance: String,
+    /// Whether namespaces no GrantPolicy governs may grant anything.
+    pub policy_mode: PolicyMode,
 }
 
 impl Default for ControllerSettings {
@@ -58,6 +66,7 @@ impl Default for ControllerSettings {
             namespaces: Vec::new(),
             cache_ttl: Duration::from_secs(600),
             instance: "dbx-identity-operator".into(),
+            policy_mode: PolicyMode::Require,
         }
     }
 }
@@ -79,6 +88,8 @@ pub struct Context {
     pub settings: ControllerSettings,
     pub counters: Counters,
     stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
+    policies: OnceLock<Store<GrantPolicy>>,
+    namespaces: OnceLock<Store<Namespace>>,
     attempts: Mutex<HashMap<String, u32>>,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -97,6 +108,8 @@ impl Context {
             settings,
             counters: Counters::default(),
             stores: OnceLock::new(),
+            policies: OnceLock::new(),
+            namespaces: OnceLock::new(),
             attempts: Mutex::default(),
             gates: Mutex::default(),
         }
@@ -105,6 +118,28 @@ impl Context {
     /// Every grant the controllers currently know.
     pub fn grants(&self) -> Vec<Arc<DatabricksIdentityGrant>> {
         self.stores.get().map(|stores| stores.iter().flat_map(Store::state).collect()).unwrap_or_default()
+    }
+
+    /// Every GrantPolicy the operator knows.
+    pub fn policies(&self) -> Vec<Arc<GrantPolicy>> {
+        self.policies.get().map(Store::state).unwrap_or_default()
+    }
+
+    /// Labels of a namespace (empty when unknown).
+    pub fn namespace_labels(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        self.namespaces
+            .get()
+            .and_then(|s| s.get(&ObjectRef::new(name)))
+            .and_then(|ns| ns.metadata.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// Names of every namespace the operator knows.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .get()
+            .map(|s| s.state().iter().filter_map(|n| n.metadata.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Waits for a slot among the in-flight ARM requests of `scope`'s subscription.
@@ -133,7 +168,7 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let base = Duration::from_secs(1u64 << attempt.min(9)).min(Duration::from_secs(300));
+        let base = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(300));
         Self::jitter(base, 0.2).max(retry_after.unwrap_or_default())
     }
 
@@ -164,8 +199,36 @@ impl Context {
     }
 }
 
+/// Keeps a reflector store of `K` up to date until the process ends.
+fn reflect<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                warn!(error = %e, "watch");
+            }
+        }
+    });
+    reader
+}
+
+async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Runs the controllers until `shutdown` resolves, then lets in-flight reconciles finish.
 pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = ctx.policies.set(reflect(Api::<GrantPolicy>::all(ctx.client.clone())));
+    let _ = ctx.namespaces.set(reflect(Api::<Namespace>::all(ctx.client.clone())));
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -179,28 +242,47 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
                 Some(ns) => Api::namespaced(ctx.client.clone(), ns),
                 None => Api::all(ctx.client.clone()),
             };
-            Controller::new(api, watcher::Config::default()).with_config(config.clone())
+            let controller = Controller::new(api, watcher::Config::default()).with_config(config.clone());
+            // Policy or namespace-label changes re-reconcile the grants they may affect.
+            let (all, in_namespace) = (controller.store(), controller.store());
+            controller
+                .watches(Api::<GrantPolicy>::all(ctx.client.clone()), watcher::Config::default(), move |_| {
+                    all.state().iter().map(|g| ObjectRef::from(g.as_ref())).collect::<Vec<_>>()
+                })
+                .watches(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default(), move |ns: Namespace| {
+                    let name = ns.metadata.name.unwrap_or_default();
+                    in_namespace
+                        .state()
+                        .iter()
+                        .filter(|g| g.metadata.namespace.as_deref() == Some(name.as_str()))
+                        .map(|g| ObjectRef::from(g.as_ref()))
+                        .collect::<Vec<_>>()
+                })
         })
         .collect();
     let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
-    info!(namespaces = ?ctx.settings.namespaces, "controller started");
-    let runs = controllers.into_iter().map(|controller| {
-        let mut stop = shutdown.clone();
-        controller
-            .graceful_shutdown_on(async move {
-                while !*stop.borrow_and_update() {
-                    if stop.changed().await.is_err() {
-                        break;
+    info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
+    let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = controllers
+        .into_iter()
+        .map(|controller| {
+            controller
+                .graceful_shutdown_on(shutdown_signal(shutdown.clone()))
+                .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        warn!(error = %e, "controller");
                     }
-                }
-            })
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    warn!(error = %e, "controller");
-                }
-            })
-    });
+                })
+                .boxed()
+        })
+        .collect();
+    runs.push(
+        Controller::new(Api::<GrantPolicy>::all(ctx.client.clone()), watcher::Config::default())
+            .graceful_shutdown_on(shutdown_signal(shutdown.clone()))
+            .run(policy_status::reconcile, policy_status::error_policy, ctx.clone())
+            .for_each(|_| async {})
+            .boxed(),
+    );
     futures::future::join_all(runs).await;
     info!("controller stopped");
 }

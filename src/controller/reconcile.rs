@@ -73,6 +73,92 @@ fn key(grant: &DatabricksIdentityGrant) -> String {
     format!("{}/{}", grant.namespace().unwrap_or_default(), grant.name_any())
 }
 
+/// What the policy gate decided for a grant.
+struct PolicyVerdicts {
+    /// `(spec index, reason, message)` of denied assignments.
+    denials: Vec<(usize, &'static str, String)>,
+    warnings: Vec<String>,
+    allowed_by: BTreeSet<String>,
+}
+
+impl PolicyVerdicts {
+    fn condition(&self) -> Decided {
+        if let Some((_, reason, _)) = self.denials.first() {
+            let list = self.denials.iter().map(|(i, r, m)| format!("#{i}: {r}: {m}")).collect::<Vec<_>>().join("; ");
+            return Decided::new(
+                conditions::POLICY_COMPLIANT,
+                false,
+                *reason,
+                format!("{} assignment(s) denied: {list}", self.denials.len()),
+            );
+        }
+        let by = self.allowed_by.iter().cloned().collect::<Vec<_>>().join(", ");
+        let mut message = if by.is_empty() { "no assignment to judge".to_owned() } else { format!("allowed by {by}") };
+        for w in &self.warnings {
+            message.push_str("; warning: ");
+            message.push_str(w);
+        }
+        Decided::new(
+            conditions::POLICY_COMPLIANT,
+            true,
+            if self.warnings.is_empty() { "Compliant" } else { "CompliantWithWarnings" },
+            message,
+        )
+    }
+}
+
+/// Judges every desired assignment against the GrantPolicies governing the grant's namespace.
+fn policy_gate(
+    grant: &DatabricksIdentityGrant,
+    ctx: &Context,
+    validated: &ValidatedGrant,
+    principal: &Principal,
+    desired: &mut Vec<DesiredAssignment>,
+    roles: &[Option<super::resolve::ResolvedRole>],
+) -> PolicyVerdicts {
+    use crate::policy::evaluate::{Governing, Request, RoleFacts, Verdict, evaluate, selects};
+    let labels = ctx.namespace_labels(&grant.namespace().unwrap_or_default());
+    // An invalid policy allows nothing (its status says why).
+    let policies: Vec<(String, crate::api::validation::ValidatedPolicy)> = ctx
+        .policies()
+        .iter()
+        .filter_map(|p| {
+            let valid = crate::api::validation::validate_policy_spec(&p.spec).ok()?;
+            selects(&valid.namespace_selector, &labels).then(|| (p.name_any(), valid))
+        })
+        .collect();
+    let governing: Vec<Governing<'_>> = policies.iter().map(|(name, policy)| Governing { name, policy }).collect();
+    let identity = validated
+        .identity
+        .policy_resource_id()
+        .map_or_else(|| format!("/principals/{}", principal.principal_id), ToString::to_string);
+    let workspace_managed_identity =
+        matches!(validated.identity, crate::api::validation::ValidatedIdentity::WorkspaceManagedIdentity { .. });
+    let mut verdicts = PolicyVerdicts { denials: Vec::new(), warnings: Vec::new(), allowed_by: BTreeSet::new() };
+    desired.retain(|d| {
+        let Some(role) = roles.get(d.index).and_then(Option::as_ref) else { return false };
+        let request = Request {
+            identity: identity.clone(),
+            workspace_managed_identity,
+            role: RoleFacts { guid: role.guid, name: &role.role_name, permissions: &role.permissions },
+            scope: &d.scope,
+            position: d.index,
+        };
+        match evaluate(&governing, ctx.settings.policy_mode, &request) {
+            Verdict::Allowed { by, warning } => {
+                verdicts.allowed_by.insert(by);
+                verdicts.warnings.extend(warning);
+                true
+            }
+            Verdict::Denied { reason, message } => {
+                verdicts.denials.push((d.index, reason.as_str(), message));
+                false
+            }
+        }
+    });
+    verdicts
+}
+
 /// `(scope, name)` of an assignment's ARM id (`{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`).
 fn split_assignment_id(id: &str) -> Option<(ResourceId, String)> {
     const MARKER: &str = "/providers/microsoft.authorization/roleassignments/";
@@ -206,14 +292,6 @@ async fn apply(
         }
     };
 
-    // 2. Policy gate: GrantPolicy evaluation arrives with its own issue; say so honestly.
-    decided.push(Decided::new(
-        conditions::POLICY_COMPLIANT,
-        true,
-        "PolicyNotEnforced",
-        "GrantPolicy evaluation is not enabled in this version of the operator: every assignment is allowed",
-    ));
-
     let arm = match arm_client(grant, &validated, ctx).await {
         Ok(arm) => arm,
         Err(message) => {
@@ -266,20 +344,24 @@ async fn apply(
     let mut retry = RetryClass::Resync;
     let mut entries: Vec<Option<RoleAssignmentStatus>> = vec![None; validated.role_assignments.len()];
     let mut desired: Vec<DesiredAssignment> = Vec::new();
+    let mut roles: Vec<Option<super::resolve::ResolvedRole>> = vec![None; validated.role_assignments.len()];
     let mut role_failures = Vec::new();
     for (index, ra) in validated.role_assignments.iter().enumerate() {
         match ctx.resolver.role(&arm, &ra.role, &ra.scope).await {
-            Ok(role) => desired.push(DesiredAssignment {
-                index,
-                name: assignment_name(&principal.principal_id, role.guid, &ra.scope),
-                scope: ra.scope.clone(),
-                role_definition_id: role.role_definition_id,
-                role_guid: role.guid,
-                principal_id: principal.principal_id.clone(),
-                principal_type: principal.principal_type,
-                condition: ra.condition.clone(),
-                description: ra.description.clone(),
-            }),
+            Ok(role) => {
+                desired.push(DesiredAssignment {
+                    index,
+                    name: assignment_name(&principal.principal_id, role.guid, &ra.scope),
+                    scope: ra.scope.clone(),
+                    role_definition_id: role.role_definition_id.clone(),
+                    role_guid: role.guid,
+                    principal_id: principal.principal_id.clone(),
+                    principal_type: principal.principal_type,
+                    condition: ra.condition.clone(),
+                    description: ra.description.clone(),
+                });
+                roles[index] = Some(role);
+            }
             Err(e) => {
                 retry = retry.worst(if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly });
                 let state = if e.retryable { AssignmentState::Pending } else { AssignmentState::Failed };
@@ -296,6 +378,32 @@ async fn apply(
             events.push((EventType::Warning, "RoleNotResolved", message));
         }
     }
+
+    // 5b. Policy gate: denied assignments leave the desired set (and, if this grant created
+    // them earlier, are removed as stale).
+    let verdicts = policy_gate(grant, ctx, &validated, &principal, &mut desired, &roles);
+    for (index, reason, message) in &verdicts.denials {
+        entries[*index] = Some(entry(grant, *index, AssignmentState::Denied, reason, message.clone()));
+        if previous.role_assignments.get(*index).is_none_or(|p| p.state != AssignmentState::Denied) {
+            events.push((
+                EventType::Warning,
+                "PolicyDenied",
+                format!(
+                    "{} at {}: {reason}: {message}",
+                    grant.spec.role_assignments[*index].role, grant.spec.role_assignments[*index].scope
+                ),
+            ));
+        }
+    }
+    let policy_condition = verdicts.condition();
+    let previous_policy_message =
+        previous.conditions.iter().find(|c| c.type_ == conditions::POLICY_COMPLIANT).map(|c| c.message.clone());
+    if previous_policy_message.as_deref() != Some(policy_condition.message.as_str()) {
+        for warning in &verdicts.warnings {
+            events.push((EventType::Warning, "DataRoleOnWorkspaceIdentity", warning.clone()));
+        }
+    }
+    decided.push(policy_condition);
 
     // 6. Observe: one (cached) list per distinct scope.
     let mut observed: Vec<ObservedAssignment> = Vec::new();

@@ -1,3 +1,4 @@
-//! GrantPolicy: pattern matching and (later) evaluation.
+//! GrantPolicy: glob patterns (`glob.rs`) and evaluation (`evaluate.rs`).
 
+pub mod evaluate;
 pub mod glob;

@@ -1,0 +1,63 @@
+//! Status of GrantPolicies: whether each can be used (`Ready`, naming an invalid pattern), and
+//! how many namespaces and grants it governs. Refreshed on every policy change and each resync.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::Context;
+use super::conditions::{self, Decided};
+use crate::api::validation::validate_policy_spec;
+use crate::api::{GrantPolicy, GrantPolicyStatus};
+use crate::policy::evaluate::selects;
+
+pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let previous = policy.status.clone().unwrap_or_default();
+    let (ready, governed_namespaces, governed_grants) = match validate_policy_spec(&policy.spec) {
+        Ok(valid) => {
+            let namespaces: Vec<String> = ctx
+                .namespace_names()
+                .into_iter()
+                .filter(|ns| selects(&valid.namespace_selector, &ctx.namespace_labels(ns)))
+                .collect();
+            let grants = ctx
+                .grants()
+                .iter()
+                .filter(|g| g.metadata.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns)))
+                .count();
+            (Decided::new(conditions::READY, true, "Valid", "the policy is in force"), namespaces.len(), grants)
+        }
+        Err(errors) => (
+            Decided::new(
+                conditions::READY,
+                false,
+                "InvalidPolicy",
+                format!("the policy allows nothing until fixed: {errors}"),
+            ),
+            0,
+            0,
+        ),
+    };
+    let status = GrantPolicyStatus {
+        observed_generation: policy.meta().generation,
+        conditions: conditions::merge(&previous.conditions, &[ready], policy.meta().generation, Timestamp::now()),
+        governed_namespaces: i32::try_from(governed_namespaces).unwrap_or(i32::MAX),
+        governed_grants: i32::try_from(governed_grants).unwrap_or(i32::MAX),
+    };
+    if status != previous {
+        let api: Api<GrantPolicy> = Api::all(ctx.client.clone());
+        api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+            .await?;
+    }
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+pub fn error_policy(policy: Arc<GrantPolicy>, error: &kube::Error, _ctx: Arc<Context>) -> Action {
+    warn!(policy = %policy.name_any(), %error, "GrantPolicy status");
+    Action::requeue(std::time::Duration::from_secs(10))
+}

@@ -1,0 +1,215 @@
+//! Shared harness for end-to-end tests: the sandbox emulators plus the real Controller.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::http::{ExponentialRetryOptions, RetryOptions};
+use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant};
+use dbx_identity_operator::azure::client::{ArmClient, client_options};
+use dbx_identity_operator::azure::credentials::{ArmClients, AuthMode, AzureSettings, client_secret};
+use dbx_identity_operator::controller::{self, Context, ControllerSettings};
+use dbx_identity_operator::policy::evaluate::PolicyMode;
+use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
+use dbx_identity_operator::sandbox::estate::{OPERATOR_CLIENT_ID, SUBSCRIPTION_ID, TENANT_ID};
+use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+pub const SECRET: &str = "reconciler-test-secret";
+pub const NS: &str = "team-analytics";
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub grants: Api<DatabricksIdentityGrant>,
+    stop: tokio::sync::watch::Sender<bool>,
+    controller: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    /// Assignment names created outside the operator (seeded, adopted, tampered).
+    pub foreign: HashSet<String>,
+}
+
+pub async fn harness(state: StateConfig) -> Harness {
+    harness_with(state, Vec::new(), PolicyMode::Permissive).await
+}
+
+pub async fn harness_watching(state: StateConfig, namespaces: Vec<String>) -> Harness {
+    harness_with(state, namespaces, PolicyMode::Permissive).await
+}
+
+/// `policy_mode`: the reconciler tests use Permissive (they are about reconciliation);
+/// the policy tests use Require.
+pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mode: PolicyMode) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = SandboxOptions::new(dir.path().to_owned());
+    options.arm_state = state;
+    options.arm_faults = FaultConfig::default();
+    let sandbox = sandbox::start(options).await.expect("sandbox");
+    sandbox.arm.emulator.register_app_with_secret(OPERATOR_CLIENT_ID, SECRET, &sandbox.estate.operator_principal_id);
+    let settings = AzureSettings {
+        arm_endpoint: sandbox.arm.url().to_owned(),
+        ca_file: Some(sandbox.arm.ca_file.clone()),
+        auth: AuthMode::ClientSecret,
+        authority_host: Some(sandbox.arm.url().to_owned()),
+    };
+    let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
+    // Production retry timings (seconds of backoff) would only slow these behaviour tests down.
+    let fast_retry = RetryOptions::exponential(ExponentialRetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(50),
+        max_retries: 2,
+        max_delay: azure_core::time::Duration::seconds(2),
+        ..Default::default()
+    });
+    let operator = ArmClient::new(
+        sandbox.arm.url(),
+        credential,
+        client_options(Some(&sandbox.arm.ca_file), fast_retry).expect("options"),
+    )
+    .expect("client");
+    let client = sandbox.kube.emulator.client().expect("kube client");
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        ArmClients::new(settings, operator),
+        ControllerSettings {
+            resync_interval: Duration::from_secs(2),
+            slow_retry: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(2),
+            namespaces,
+            policy_mode,
+            ..ControllerSettings::default()
+        },
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let controller = tokio::spawn(controller::run(ctx, stopped));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}})).expect("ns"))
+        .await
+        .expect("namespace");
+    let foreign = sandbox.arm.emulator.state().all_assignments().into_iter().map(|a| a.0).collect();
+    Harness { grants: Api::namespaced(client, NS), sandbox, stop, controller, _dir: dir, foreign }
+}
+
+pub fn grant(name: &str, identity: serde_json::Value, assignments: serde_json::Value) -> DatabricksIdentityGrant {
+    serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant",
+        "metadata": {"name": name},
+        "spec": {"identity": identity, "roleAssignments": assignments},
+    }))
+    .expect("grant")
+}
+
+pub fn rg(name: &str) -> String {
+    format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{name}")
+}
+
+impl Harness {
+    pub fn workspace_identity(&self, i: usize) -> serde_json::Value {
+        json!({"workspace": {"resourceId": self.sandbox.estate.workspaces[i].id}})
+    }
+
+    pub fn connector_identity(&self) -> serde_json::Value {
+        json!({"accessConnector": {"resourceId": self.sandbox.estate.access_connectors[0].id}})
+    }
+
+    pub async fn apply(&self, g: &DatabricksIdentityGrant) {
+        self.grants.create(&PostParams::default(), g).await.expect("create grant");
+    }
+
+    /// Polls until `check` holds for the grant (10 s).
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&DatabricksIdentityGrant) -> bool,
+    ) -> DatabricksIdentityGrant {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(g) = self.grants.get(name).await
+                && check(&g)
+            {
+                return g;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let g = self.grants.get(name).await.ok();
+                panic!(
+                    "{name}: not {what} in time; status: {}",
+                    serde_json::to_string_pretty(&g.and_then(|g| g.status)).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn ready(&self, name: &str) -> DatabricksIdentityGrant {
+        self.wait_for(name, "Ready", |g| condition(g, "Ready").is_some_and(|c| c.0 == "True")).await
+    }
+
+    pub async fn gone(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.grants.get(name).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "{name} was not deleted in time");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn tuples(&self) -> Vec<(String, String, String)> {
+        self.sandbox
+            .arm
+            .emulator
+            .state()
+            .all_assignments()
+            .into_iter()
+            .map(|(name, scope, role, principal, _)| (name, format!("{}|{}", scope.normalized(), role), principal))
+            .collect()
+    }
+
+    /// Azure = what live grants hold (Assigned/Adopted) ∪ foreign ∪ `retained`; no tuple twice.
+    pub async fn assert_invariant(&self, retained: &[String]) {
+        let live = self.grants.list(&Default::default()).await.expect("list").items;
+        let mut wanted: HashSet<String> = HashSet::new();
+        for g in &live {
+            for ra in g.status.iter().flat_map(|s| &s.role_assignments) {
+                if matches!(ra.state, AssignmentState::Assigned | AssignmentState::Adopted)
+                    && let Some(id) = &ra.assignment_id
+                {
+                    wanted.insert(id.rsplit('/').next().unwrap_or_default().to_ascii_lowercase());
+                }
+            }
+        }
+        let azure = self.tuples();
+        let mut seen = HashSet::new();
+        for (name, tuple, principal) in &azure {
+            assert!(seen.insert(format!("{tuple}|{principal}")), "duplicate assignment for {tuple} {principal}");
+            let known = wanted.contains(name)
+                || self.foreign.contains(name)
+                || retained.iter().any(|r| r.eq_ignore_ascii_case(name));
+            assert!(known, "assignment {name} ({tuple}) is in Azure but no live grant wants it");
+        }
+        let names: HashSet<&String> = azure.iter().map(|(n, _, _)| n).collect();
+        for w in &wanted {
+            assert!(names.contains(w), "a live grant reports {w} but Azure does not have it");
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.controller).await;
+        self.sandbox.shutdown().await;
+    }
+}
+
+pub fn condition(g: &DatabricksIdentityGrant, type_: &str) -> Option<(String, String, String)> {
+    g.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub fn guid_of(role_name: &str, h: &Harness) -> uuid::Uuid {
+    h.sandbox.arm.emulator.state().role_guid_by_name(role_name).expect("role")
+}

@@ -1,0 +1,147 @@
+//! GrantPolicy end to end (policy mode `require`): denial, partial allowance, removal when a
+//! policy tightens, convergence when it loosens, relabelled namespaces, and policy status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use dbx_identity_operator::api::{AssignmentState, GrantPolicy};
+use dbx_identity_operator::policy::evaluate::PolicyMode;
+use dbx_identity_operator::sandbox::arm::StateConfig;
+use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn policy(name: &str, roles: serde_json::Value, scopes: serde_json::Value) -> GrantPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"dbx-operator.io/team": "analytics"}},
+            "identities": [format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-analytics/providers/Microsoft.Databricks/**")],
+            "roles": roles,
+            "scopes": scopes,
+        },
+    }))
+    .expect("policy")
+}
+
+fn lake_scope() -> String {
+    format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-lake/**")
+}
+
+#[tokio::test]
+async fn policies_deny_allow_partially_tighten_and_loosen() {
+    let h = harness_with(StateConfig::default(), Vec::new(), PolicyMode::Require).await;
+    let client = h.sandbox.kube.emulator.client().expect("client");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let policies: Api<GrantPolicy> = Api::all(client);
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+
+    // No policy governs the namespace yet: everything is denied, nothing reaches Azure.
+    h.apply(&grant(
+        "g",
+        h.connector_identity(),
+        json!([
+            {"role": "Storage Blob Data Reader", "scope": lake},
+            {"role": "Owner", "scope": rg("rg-lake")},
+            {"role": "Reader", "scope": rg("rg-security")},
+        ]),
+    ))
+    .await;
+    let denied =
+        h.wait_for("g", "denied", |g| condition(g, "PolicyCompliant").is_some_and(|c| c.1 == "NoGrantPolicy")).await;
+    assert!(denied.status.expect("status").role_assignments.iter().all(|r| r.state == AssignmentState::Denied));
+    assert_eq!(h.sandbox.arm.emulator.count("PutRoleAssignment"), 0);
+
+    // A policy for the team's label, and the label on the namespace: partial allowance.
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("team", json!(["Storage Blob Data Reader", "Reader", "Owner"]), json!([lake_scope()])),
+        )
+        .await
+        .expect("policy");
+    namespaces
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
+        )
+        .await
+        .expect("label");
+    let partial = h
+        .wait_for("g", "partially allowed", |g| {
+            g.status.as_ref().is_some_and(|s| s.role_assignments[0].state == AssignmentState::Assigned)
+        })
+        .await;
+    let status = partial.status.clone().expect("status");
+    assert_eq!(status.role_assignments[1].state, AssignmentState::Denied);
+    assert_eq!(
+        status.role_assignments[1].reason.as_deref(),
+        Some("PrivilegedRole"),
+        "Owner is listed, but privileged roles need allowPrivilegedRoles"
+    );
+    assert_eq!(status.role_assignments[2].reason.as_deref(), Some("ScopeNotAllowed"));
+    let compliant = condition(&partial, "PolicyCompliant").expect("condition");
+    assert_eq!(compliant.0, "False");
+    assert!(compliant.2.contains("PrivilegedRole") && compliant.2.contains("ScopeNotAllowed"), "{}", compliant.2);
+    h.assert_invariant(&[]).await;
+
+    // Loosen: rg-security becomes allowed too → the Reader assignment converges.
+    policies
+        .patch("team", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"scopes": [lake_scope(), format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-security")]}})))
+        .await
+        .expect("loosen");
+    h.wait_for("g", "loosened", |g| {
+        g.status.as_ref().is_some_and(|s| s.role_assignments[2].state == AssignmentState::Assigned)
+    })
+    .await;
+
+    // Tighten: Storage Blob Data Reader is no longer allowed → the operator removes what it created.
+    let before = h.tuples().len();
+    policies
+        .patch("team", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"roles": ["Reader", "Owner"]}})))
+        .await
+        .expect("tighten");
+    let tightened = h
+        .wait_for("g", "tightened", |g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.role_assignments[0].state == AssignmentState::Denied && s.managed_assignments.len() == 1
+            })
+        })
+        .await;
+    assert_eq!(tightened.status.expect("status").role_assignments[0].reason.as_deref(), Some("RoleNotAllowed"));
+    assert_eq!(h.tuples().len(), before - 1, "the denied assignment was removed from Azure");
+    h.assert_invariant(&[]).await;
+
+    // Relabel the namespace away from the policy: nothing is allowed any more; all removed.
+    namespaces
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "someone-else"}}})),
+        )
+        .await
+        .expect("relabel");
+    let orphaned = h
+        .wait_for("g", "ungoverned", |g| condition(g, "PolicyCompliant").is_some_and(|c| c.1 == "NoGrantPolicy"))
+        .await;
+    assert!(orphaned.status.expect("status").managed_assignments.is_empty());
+    h.assert_invariant(&[]).await;
+
+    // Policy status counts what it governs, and says when a policy is unusable.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = policies.get("team").await.expect("policy");
+        let ready =
+            p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+        if ready.as_deref() == Some("True") && p.status.as_ref().is_some_and(|s| s.governed_namespaces == 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "policy status not reported: {:?}", p.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.stop().await;
+}
