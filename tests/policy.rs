@@ -143,5 +143,22 @@ async fn policies_deny_allow_partially_tighten_and_loosen() {
         assert!(tokio::time::Instant::now() < deadline, "policy status not reported: {:?}", p.status);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A pattern CEL lets through but the operator cannot use ('**' inside a segment): the policy
+    // says so in its Ready condition, naming the pattern, and allows nothing.
+    let mut broken = policy("broken", json!(["Reader"]), json!([lake_scope()]));
+    broken.spec.identities = vec!["/subscriptions/*/resourceGroups/rg-analytics**".into()];
+    policies.create(&PostParams::default(), &broken).await.expect("accepted by admission");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = policies.get("broken").await.expect("policy");
+        if let Some(c) = p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")) {
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidPolicy"));
+            assert!(c.message.contains("rg-analytics**"), "{}", c.message);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "invalid policy status not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     h.stop().await;
 }

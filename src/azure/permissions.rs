@@ -14,27 +14,30 @@ pub const ROLE_ASSIGNMENT_DELETE: &str = "Microsoft.Authorization/roleAssignment
 /// Case-insensitive match of an action pattern (`*` matches any run of characters, as in
 /// `*/read` or `Microsoft.Authorization/*`) against a concrete action.
 pub fn action_matches(pattern: &str, action: &str) -> bool {
-    let p = pattern.to_ascii_lowercase();
-    let a = action.to_ascii_lowercase();
-    let (p, a) = (p.as_bytes(), a.as_bytes());
-    let (mut pi, mut ai) = (0, 0);
+    wildcard_match(pattern.to_ascii_lowercase().as_bytes(), action.to_ascii_lowercase().as_bytes())
+}
+
+/// `*`-only wildcard match (greedy with backtracking to the last star); byte-exact, callers
+/// fold case first. Shared by permission matching and GrantPolicy globs.
+pub fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while ai < a.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ai));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == a[ai] {
-            pi += 1;
-            ai += 1;
-        } else if let Some((sp, sa)) = star {
-            pi = sp + 1;
-            ai = sa + 1;
-            star = Some((sp, sa + 1));
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|b| *b == b'*')
+    pattern[p..].iter().all(|b| *b == b'*')
 }
 
 /// True when some permission block allows the control-plane `action`: an `actions` entry

@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use crate::azure::permissions::wildcard_match;
+
 /// Longest pattern accepted.
 pub const MAX_PATTERN_LEN: usize = 1024;
 
@@ -145,28 +147,6 @@ fn match_segments(pattern: &[Segment], path: &[&str]) -> bool {
         reachable = next;
     }
     reachable[path.len()]
-}
-
-/// `*`-only wildcard match of one segment (greedy with backtracking to the last star).
-fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|b| *b == b'*')
 }
 
 #[cfg(test)]
