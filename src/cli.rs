@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// namespaces may grant anything (for trying the operator out only).
     #[arg(long, env = "DBX_POLICY_MODE", value_enum, default_value = "require")]
     pub policy_mode: crate::policy::evaluate::PolicyMode,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "DBX_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Address of `/healthz` and `/readyz`.
+    #[arg(long, env = "DBX_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: std::net::SocketAddr,
     /// Log format.
     #[arg(long, env = "DBX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -132,6 +138,8 @@ pub enum CliError {
     Azure(#[from] AzureSetupError),
     #[error("cannot reach Kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    #[error("cannot listen for metrics or health checks: {0}")]
+    Listen(#[source] std::io::Error),
     #[error("demo: {0}")]
     Demo(#[from] crate::demo::DemoError),
 }
@@ -179,11 +187,15 @@ pub fn init_logging(format: LogFormat) {
 
 async fn run_operator(args: RunArgs) -> Result<(), CliError> {
     init_logging(args.log_format);
+    let metrics = crate::telemetry::Metrics::new();
+    crate::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await.map_err(CliError::Listen)?;
+    crate::telemetry::serve_health(args.health_addr, metrics.clone()).await.map_err(CliError::Listen)?;
     let settings = AzureSettings {
         arm_endpoint: args.arm_endpoint.clone(),
         ca_file: args.azure_ca_file.clone(),
         auth: args.azure_auth,
         authority_host: None,
+        arm_policies: vec![std::sync::Arc::new(crate::telemetry::ArmMetricsPolicy { metrics: metrics.clone() })],
     };
     let arm = ArmClients::new(settings.clone(), operator_client(&settings)?);
     let client = kube::Client::try_default().await?;
@@ -199,6 +211,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "dbx-identity-operator".into()),
             ..ControllerSettings::default()
         },
+        metrics,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {

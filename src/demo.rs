@@ -185,6 +185,7 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         ca_file: Some(sandbox.arm.ca_file.clone()),
         auth: AuthMode::ClientSecret,
         authority_host: Some(sandbox.arm.url().to_owned()),
+        arm_policies: Vec::new(),
     };
     let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, DEMO_SECRET)?;
     let operator =
@@ -198,6 +199,7 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
             cache_ttl: Duration::from_secs(3),
             ..ControllerSettings::default()
         },
+        crate::telemetry::Metrics::new(),
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let controller_task = tokio::spawn(controller::run(ctx.clone(), stopped));

@@ -10,3 +10,4 @@ pub mod controller;
 pub mod demo;
 pub mod policy;
 pub mod sandbox;
+pub mod telemetry;

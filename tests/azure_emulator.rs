@@ -38,6 +38,7 @@ async fn fixture_with(state: StateConfig, throttling: ThrottleConfig) -> Fixture
         ca_file: Some(arm.ca_file.clone()),
         auth: AuthMode::ClientSecret,
         authority_host: Some(arm.url().to_owned()),
+        arm_policies: Vec::new(),
     };
     Fixture { arm, estate, settings, _dir: dir }
 }

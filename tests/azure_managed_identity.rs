@@ -23,6 +23,7 @@ async fn managed_identity_endpoint_yields_working_tokens() {
         ca_file: Some(arm.ca_file.clone()),
         auth: AuthMode::ManagedIdentity,
         authority_host: None,
+        arm_policies: Vec::new(),
     };
     let client = operator_client(&settings).expect("client");
     let ws = ResourceId::parse(&estate.workspaces[0].id).expect("id");

@@ -176,6 +176,7 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
         ca_file: Some(arm.ca_file.clone()),
         auth: AuthMode::ClientSecret,
         authority_host: Some(arm.url().to_owned()),
+        arm_policies: Vec::new(),
     };
     let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
 

@@ -404,3 +404,48 @@ async fn only_the_watched_namespaces_are_reconciled() {
     );
     h.stop().await;
 }
+
+async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_and_health_endpoints_report_a_run() {
+    let h = harness(StateConfig::default()).await;
+    let (status, _) = http_get(&format!("{}/healthz", h.health_url)).await;
+    assert_eq!(status, 200);
+    h.apply(&grant("m", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("m").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, _) = http_get(&format!("{}/readyz", h.health_url)).await;
+        let (_, text) = http_get(&h.metrics_url).await;
+        if ready == 200 && metric(&text, "dbx_identity_operator_grants{ready=\"True\"}") >= 1.0 {
+            assert!(metric(&text, "dbx_identity_operator_reconciles_total{result=\"ok\"}") >= 1.0, "{text}");
+            assert!(
+                metric(
+                    &text,
+                    "dbx_identity_operator_arm_requests_total{operation=\"PutRoleAssignment\",status=\"201\"}"
+                ) >= 1.0,
+                "{text}"
+            );
+            assert!(metric(&text, "dbx_identity_operator_managed_role_assignments") >= 1.0, "{text}");
+            assert!(text.contains("dbx_identity_operator_arm_request_duration_seconds_bucket"), "{text}");
+            assert_eq!(metric(&text, "dbx_identity_operator_leader"), 1.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metrics did not reflect the run:\n{text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    h.stop().await;
+}

@@ -47,6 +47,15 @@ pub struct AzureSettings {
     pub auth: AuthMode,
     /// Entra authority host; `None` reads `AZURE_AUTHORITY_HOST`, then public Azure.
     pub authority_host: Option<String>,
+    /// Extra per-try pipeline policies for ARM clients (metrics).
+    pub arm_policies: Vec<Arc<dyn azure_core::http::policies::Policy>>,
+}
+
+/// ARM client options: the CA bundle, ARM's retry policy and the extra policies.
+fn arm_options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
+    let mut options = client_options(settings.ca_file.as_deref(), arm_retry())?;
+    options.per_try_policies.extend(settings.arm_policies.iter().cloned());
+    Ok(options)
 }
 
 fn options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
@@ -207,11 +216,7 @@ impl ArmClients {
             return Ok(client.clone());
         }
         let credential = client_secret(&self.settings, tenant_id, client_id, secret)?;
-        let client = ArmClient::new(
-            &self.settings.arm_endpoint,
-            credential,
-            client_options(self.settings.ca_file.as_deref(), arm_retry())?,
-        )?;
+        let client = ArmClient::new(&self.settings.arm_endpoint, credential, arm_options(&self.settings)?)?;
         cache.insert(key, client.clone());
         Ok(client)
     }
@@ -220,5 +225,5 @@ impl ArmClients {
 /// Builds the operator's ARM client from settings.
 pub fn operator_client(settings: &AzureSettings) -> Result<ArmClient, AzureSetupError> {
     let credential = operator_credential(settings)?;
-    ArmClient::new(&settings.arm_endpoint, credential, client_options(settings.ca_file.as_deref(), arm_retry())?)
+    ArmClient::new(&settings.arm_endpoint, credential, arm_options(settings)?)
 }

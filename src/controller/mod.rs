@@ -87,6 +87,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: ControllerSettings,
     pub counters: Counters,
+    pub metrics: Arc<crate::telemetry::Metrics>,
     stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
     policies: OnceLock<Store<GrantPolicy>>,
     namespaces: OnceLock<Store<Namespace>>,
@@ -95,7 +96,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, arm: ArmClients, settings: ControllerSettings) -> Self {
+    pub fn new(
+        client: kube::Client,
+        arm: ArmClients,
+        settings: ControllerSettings,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Self {
         let reporter =
             Reporter { controller: "dbx-identity-operator".into(), instance: Some(settings.instance.clone()) };
         Context {
@@ -107,6 +113,7 @@ impl Context {
             scopes: ScopeAssignments::new(settings.resync_interval / 2),
             settings,
             counters: Counters::default(),
+            metrics,
             stores: OnceLock::new(),
             policies: OnceLock::new(),
             namespaces: OnceLock::new(),
@@ -199,6 +206,48 @@ impl Context {
     }
 }
 
+/// Marks the operator ready once the policy and namespace caches have synced and grants can be
+/// listed, then keeps the grant gauges current.
+fn spawn_gauges(ctx: Arc<Context>) {
+    tokio::spawn(async move {
+        if let Some(p) = ctx.policies.get() {
+            let _ = p.wait_until_ready().await;
+        }
+        if let Some(n) = ctx.namespaces.get() {
+            let _ = n.wait_until_ready().await;
+        }
+        // The grant controller's own store does not expose a sync signal we can await here;
+        // one successful list shows the API is reachable and the CRD served.
+        let grants: Api<DatabricksIdentityGrant> = Api::all(ctx.client.clone());
+        while let Err(e) = grants.list(&kube::api::ListParams::default().limit(1)).await {
+            warn!(error = %e, "not ready: cannot list grants");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        ctx.metrics.ready.store(true, Ordering::Relaxed);
+        ctx.metrics.leader.set(1);
+        loop {
+            let grants = ctx.grants();
+            let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
+            let mut managed = 0i64;
+            for g in &grants {
+                let ready = g
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.conditions)
+                    .find(|c| c.type_ == "Ready")
+                    .map_or("Unknown", |c| if c.status == "True" { "True" } else { "False" });
+                *by_ready.entry(ready).or_default() += 1;
+                managed += g.status.as_ref().map_or(0, |s| s.managed_assignments.len() as i64);
+            }
+            for (ready, n) in by_ready {
+                ctx.metrics.grants.get_or_create(&crate::telemetry::ReadyLabels { ready: ready.into() }).set(n);
+            }
+            ctx.metrics.managed_role_assignments.set(managed);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
 /// Keeps a reflector store of `K` up to date until the process ends.
 fn reflect<K>(api: Api<K>) -> Store<K>
 where
@@ -261,6 +310,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
         })
         .collect();
     let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
+    spawn_gauges(ctx.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
     let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = controllers
         .into_iter()

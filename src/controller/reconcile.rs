@@ -173,14 +173,17 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
     let api: Api<DatabricksIdentityGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %grant.name_any(), generation = grant.metadata.generation.unwrap_or_default());
     let _entered = span.enter();
-    finalizer(&api, FINALIZER, grant, |event| async {
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, grant, |event| async {
         match event {
             Event::Apply(g) => apply(&g, &api, &ctx).await,
             Event::Cleanup(g) => cleanup(&g, &api, &ctx).await,
         }
     })
     .await
-    .map_err(|e| ReconcileError::Finalizer(e.to_string()))
+    .map_err(|e| ReconcileError::Finalizer(e.to_string()));
+    ctx.metrics.observe_reconcile(result.is_ok(), started);
+    result
 }
 
 /// Requeue after an error the reconcile could not record in status.
@@ -517,6 +520,7 @@ async fn apply(
                     let drift = matches!(step, Step::Create { drift: true });
                     if created && drift {
                         status.drift_corrections += 1;
+                        ctx.metrics.drift_corrections.inc();
                         events.push((
                             EventType::Warning,
                             "DriftCorrected",

@@ -29,6 +29,8 @@ pub struct Harness {
     _dir: tempfile::TempDir,
     /// Assignment names created outside the operator (seeded, adopted, tampered).
     pub foreign: HashSet<String>,
+    pub metrics_url: String,
+    pub health_url: String,
 }
 
 pub async fn harness(state: StateConfig) -> Harness {
@@ -53,7 +55,9 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
         ca_file: Some(sandbox.arm.ca_file.clone()),
         auth: AuthMode::ClientSecret,
         authority_host: Some(sandbox.arm.url().to_owned()),
+        arm_policies: Vec::new(),
     };
+    let metrics = dbx_identity_operator::telemetry::Metrics::new();
     let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
     // Production retry timings (seconds of backoff) would only slow these behaviour tests down.
     let fast_retry = RetryOptions::exponential(ExponentialRetryOptions {
@@ -62,12 +66,17 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
         max_delay: azure_core::time::Duration::seconds(2),
         ..Default::default()
     });
-    let operator = ArmClient::new(
-        sandbox.arm.url(),
-        credential,
-        client_options(Some(&sandbox.arm.ca_file), fast_retry).expect("options"),
-    )
-    .expect("client");
+    let mut options = client_options(Some(&sandbox.arm.ca_file), fast_retry).expect("options");
+    options
+        .per_try_policies
+        .push(Arc::new(dbx_identity_operator::telemetry::ArmMetricsPolicy { metrics: metrics.clone() }));
+    let operator = ArmClient::new(sandbox.arm.url(), credential, options).expect("client");
+    let metrics_addr = dbx_identity_operator::telemetry::serve_metrics(([127, 0, 0, 1], 0).into(), metrics.clone())
+        .await
+        .expect("metrics");
+    let health_addr = dbx_identity_operator::telemetry::serve_health(([127, 0, 0, 1], 0).into(), metrics.clone())
+        .await
+        .expect("health");
     let client = sandbox.kube.emulator.client().expect("kube client");
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -80,6 +89,7 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
             policy_mode,
             ..ControllerSettings::default()
         },
+        metrics,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let controller = tokio::spawn(controller::run(ctx, stopped));
@@ -89,7 +99,16 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
         .await
         .expect("namespace");
     let foreign = sandbox.arm.emulator.state().all_assignments().into_iter().map(|a| a.0).collect();
-    Harness { grants: Api::namespaced(client, NS), sandbox, stop, controller, _dir: dir, foreign }
+    Harness {
+        grants: Api::namespaced(client, NS),
+        sandbox,
+        stop,
+        controller,
+        _dir: dir,
+        foreign,
+        metrics_url: format!("http://{metrics_addr}/metrics"),
+        health_url: format!("http://{health_addr}"),
+    }
 }
 
 pub fn grant(name: &str, identity: serde_json::Value, assignments: serde_json::Value) -> DatabricksIdentityGrant {
