@@ -87,6 +87,18 @@ pub struct RunArgs {
     /// namespaces may grant anything (for trying the operator out only).
     #[arg(long, env = "DBX_POLICY_MODE", value_enum, default_value = "require")]
     pub policy_mode: crate::policy::evaluate::PolicyMode,
+    /// Elect a leader among replicas through a Lease; only the leader reconciles.
+    #[arg(long, env = "DBX_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "DBX_LEASE_NAME", default_value = "dbx-identity-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the release namespace in Helm).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// How long a lease lasts without renewal (e.g. 15s).
+    #[arg(long, env = "DBX_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "DBX_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -140,6 +152,8 @@ pub enum CliError {
     Kube(#[from] kube::Error),
     #[error("cannot listen for metrics or health checks: {0}")]
     Listen(#[source] std::io::Error),
+    #[error(transparent)]
+    Election(#[from] controller::ElectionError),
     #[error("demo: {0}")]
     Demo(#[from] crate::demo::DemoError),
 }
@@ -220,9 +234,21 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
         }
         let _ = stop.send(true);
     });
-    controller::run(ctx, stopped).await;
+    let result = if args.leader_election {
+        let election = controller::LeaderElection {
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            identity: std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("dbx-identity-operator-{}", std::process::id())),
+            lease_duration: args.lease_duration,
+        };
+        controller::run_with_leader_election(ctx, election, stopped).await.map_err(CliError::from)
+    } else {
+        controller::run(ctx, stopped).await;
+        Ok(())
+    };
     signals.abort();
-    Ok(())
+    result
 }
 
 fn sandbox_banner(sandbox: &sandbox::Sandbox) -> String {

@@ -224,7 +224,6 @@ fn spawn_gauges(ctx: Arc<Context>) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         ctx.metrics.ready.store(true, Ordering::Relaxed);
-        ctx.metrics.leader.set(1);
         loop {
             let grants = ctx.grants();
             let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
@@ -276,6 +275,8 @@ async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
 
 /// Runs the controllers until `shutdown` resolves, then lets in-flight reconciles finish.
 pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    // Only the replica that leads (or the only one) runs this.
+    ctx.metrics.leader.set(1);
     let _ = ctx.policies.set(reflect(Api::<GrantPolicy>::all(ctx.client.clone())));
     let _ = ctx.namespaces.set(reflect(Api::<Namespace>::all(ctx.client.clone())));
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
@@ -334,5 +335,83 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             .boxed(),
     );
     futures::future::join_all(runs).await;
+    ctx.metrics.leader.set(0);
     info!("controller stopped");
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// How long a lease is valid without renewal; a standby takes over within about this long
+    /// after the leader dies.
+    pub lease_duration: Duration,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost leadership: stopping so that another replica takes over cleanly")]
+    LostLeadership,
+}
+
+/// Waits as a standby until this replica leads, runs the controllers while it does, and on
+/// shutdown lets in-flight reconciles finish and releases the lease so a standby takes over at
+/// once. Losing the lease stops the controllers and returns an error (the pod restarts as a
+/// standby).
+pub async fn run_with_leader_election(
+    ctx: Arc<Context>,
+    election: LeaderElection,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ElectionError> {
+    let seconds = u64::max(election.lease_duration.as_secs(), 2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &election.lease_name)
+        .with_namespace(&election.lease_namespace)
+        .with_identity(&election.identity)
+        .with_duration(seconds)
+        .with_grace(u64::max(seconds / 3, 1))
+        .build()
+        .await?;
+    ctx.metrics.leader.set(0);
+    info!(lease = %election.lease_name, identity = %election.identity, "standby: waiting for the lease");
+    let (mut leading, lease_task) = manager.watch().await;
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.changed() => {
+                drop(leading);
+                if let Ok(Ok(manager)) = lease_task.await { let _ = manager.release().await; }
+                return Ok(());
+            }
+        }
+    }
+    info!(identity = %election.identity, "leading");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let controllers = tokio::spawn(run(ctx.clone(), stopped));
+    let lost = loop {
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() || !*leading.borrow_and_update() { break true; }
+            }
+            _ = shutdown.changed() => break false,
+        }
+    };
+    let _ = stop.send(true);
+    let _ = controllers.await;
+    drop(leading);
+    // Closing the channel ends the lease task; releasing lets a standby lead at once.
+    if let Ok(Ok(manager)) = lease_task.await
+        && let Err(e) = manager.release().await
+    {
+        warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
+    }
+    if lost { Err(ElectionError::LostLeadership) } else { Ok(()) }
 }

@@ -213,6 +213,17 @@ impl Harness {
         }
     }
 
+    /// Stops the harness's own controller (tests that run their own replicas).
+    pub async fn stop_controller(&self) {
+        let _ = self.stop.send(true);
+        for _ in 0..100 {
+            if self.controller.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.controller).await;
@@ -231,4 +242,29 @@ pub fn condition(g: &DatabricksIdentityGrant, type_: &str) -> Option<(String, St
 
 pub fn guid_of(role_name: &str, h: &Harness) -> uuid::Uuid {
     h.sandbox.arm.emulator.state().role_guid_by_name(role_name).expect("role")
+}
+
+/// A second, independent operator context against the same sandbox (another replica).
+pub fn replica_context(sandbox: &Sandbox, metrics: Arc<dbx_identity_operator::telemetry::Metrics>) -> Arc<Context> {
+    let settings = AzureSettings {
+        arm_endpoint: sandbox.arm.url().to_owned(),
+        ca_file: Some(sandbox.arm.ca_file.clone()),
+        auth: AuthMode::ClientSecret,
+        authority_host: Some(sandbox.arm.url().to_owned()),
+        arm_policies: Vec::new(),
+    };
+    let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
+    let options = client_options(Some(&sandbox.arm.ca_file), RetryOptions::none()).expect("options");
+    let operator = ArmClient::new(sandbox.arm.url(), credential, options).expect("client");
+    let client = sandbox.kube.emulator.client().expect("kube client");
+    Arc::new(Context::new(
+        client,
+        ArmClients::new(settings, operator),
+        ControllerSettings {
+            resync_interval: Duration::from_secs(2),
+            policy_mode: PolicyMode::Permissive,
+            ..ControllerSettings::default()
+        },
+        metrics,
+    ))
 }

@@ -1,0 +1,77 @@
+//! Two replicas with leader election against the sandbox: only the leader reconciles; when it
+//! shuts down it releases the Lease and the standby takes over.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use dbx_identity_operator::controller::{LeaderElection, run_with_leader_election};
+use dbx_identity_operator::sandbox::arm::StateConfig;
+use dbx_identity_operator::telemetry::Metrics;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::json;
+
+fn reconciles(m: &Metrics) -> f64 {
+    m.render()
+        .lines()
+        .find(|l| l.starts_with("dbx_identity_operator_reconciles_total{result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn leader(m: &Metrics) -> bool {
+    m.render().lines().any(|l| l == "dbx_identity_operator_leader 1")
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    // The harness's own controller is stopped first: this test runs its own two replicas.
+    let h = harness(StateConfig::default()).await;
+    let _ = h.stop_controller().await;
+    let (a_metrics, b_metrics) = (Metrics::new(), Metrics::new());
+    let (a, b) = (replica_context(&h.sandbox, a_metrics.clone()), replica_context(&h.sandbox, b_metrics.clone()));
+    let election = |identity: &str| LeaderElection {
+        lease_name: "dbx-identity-operator".into(),
+        lease_namespace: "default".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
+    let replica_a = tokio::spawn(run_with_leader_election(a, election("replica-a"), stopped_a));
+    // Let A take the lease before B starts, so the roles are known.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leader(&a_metrics) {
+        assert!(tokio::time::Instant::now() < deadline, "replica A never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
+    let replica_b = tokio::spawn(run_with_leader_election(b, election("replica-b"), stopped_b));
+
+    h.apply(&grant("one", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("one").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(reconciles(&a_metrics) >= 1.0);
+    assert_eq!(reconciles(&b_metrics), 0.0, "the standby reconciled");
+    assert!(!leader(&b_metrics));
+    let lease: Api<Lease> = Api::namespaced(h.sandbox.kube.emulator.client().expect("client"), "default");
+    let holder = lease.get("dbx-identity-operator").await.expect("lease").spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("replica-a"));
+
+    // A shuts down gracefully: it releases the lease and B leads and reconciles new work.
+    let _ = stop_a.send(true);
+    tokio::time::timeout(Duration::from_secs(10), replica_a)
+        .await
+        .expect("A stopped in time")
+        .expect("join")
+        .expect("clean stop");
+    h.apply(&grant("two", h.workspace_identity(1), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("two").await;
+    assert!(leader(&b_metrics), "B did not take over");
+    assert!(reconciles(&b_metrics) >= 1.0);
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), replica_b).await;
+    h.stop().await;
+}
