@@ -172,13 +172,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run_operator(args).await,
         Command::Demo { keep } => Ok(crate::demo::run(keep).await?),
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
+            let signals = ShutdownSignals::install()?;
             let mut options = SandboxOptions::new(dir);
             options.seed = seed;
             options.arm_port = arm_port;
             options.kube_port = kube_port;
             let sandbox = sandbox::start(options).await?;
             print(&sandbox_banner(&sandbox))?;
-            wait_for_shutdown_signal().await?;
+            signals.wait().await;
             print("shutting down\n")?;
             sandbox.shutdown().await;
             Ok(())
@@ -200,6 +201,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 async fn run_operator(args: RunArgs) -> Result<(), CliError> {
+    let signals = ShutdownSignals::install()?;
     init_logging(args.log_format);
     let metrics = crate::telemetry::Metrics::new();
     crate::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await.map_err(CliError::Listen)?;
@@ -229,9 +231,8 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(async move {
-        if let Err(e) = wait_for_shutdown_signal().await {
-            tracing::error!(error = %e, "cannot listen for signals; stopping");
-        }
+        signals.wait().await;
+        tracing::info!("shutdown requested");
         let _ = stop.send(true);
     });
     let result = if args.leader_election {
@@ -262,13 +263,28 @@ fn sandbox_banner(sandbox: &sandbox::Sandbox) -> String {
     )
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_shutdown_signal() -> Result<(), CliError> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CliError::Signals)?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map_err(CliError::Signals),
-        _ = terminate.recv() => Ok(()),
+/// SIGINT (Ctrl-C) and SIGTERM handlers. Installed before anything announces readiness, so a
+/// signal that arrives right after "ready" is handled, not fatal.
+pub struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub fn install() -> Result<Self, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).map_err(CliError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(CliError::Signals)?,
+        })
+    }
+
+    /// Waits for either signal.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 

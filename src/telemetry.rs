@@ -67,6 +67,7 @@ pub struct Metrics {
     pub managed_role_assignments: Gauge,
     pub grants: Family<ReadyLabels, Gauge>,
     pub leader: Gauge,
+    pub status_writes: Counter,
     /// Set once the controller's caches are filled (readiness).
     pub ready: AtomicBool,
 }
@@ -118,6 +119,8 @@ impl Metrics {
         registry.register("grants", "Grants by Ready condition", grants.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica reconciles", leader.clone());
+        let status_writes = Counter::default();
+        registry.register("status_writes", "Grant status writes to the Kubernetes API", status_writes.clone());
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         registry.register("build_info", "Build information", build);
@@ -132,6 +135,7 @@ impl Metrics {
             managed_role_assignments,
             grants,
             leader,
+            status_writes,
             ready: AtomicBool::new(false),
         })
     }

@@ -12,7 +12,7 @@ pub mod reconcile;
 pub mod resolve;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -71,13 +71,6 @@ impl Default for ControllerSettings {
     }
 }
 
-/// Counters for tests, the demo and (later) metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub assignments_created: AtomicU64,
-    pub status_writes: AtomicU64,
-}
-
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
@@ -86,7 +79,6 @@ pub struct Context {
     pub scopes: ScopeAssignments,
     pub recorder: Recorder,
     pub settings: ControllerSettings,
-    pub counters: Counters,
     pub metrics: Arc<crate::telemetry::Metrics>,
     stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
     policies: OnceLock<Store<GrantPolicy>>,
@@ -112,7 +104,6 @@ impl Context {
             // Half a resync: grants reconciling in the same period share one list per scope.
             scopes: ScopeAssignments::new(settings.resync_interval / 2),
             settings,
-            counters: Counters::default(),
             metrics,
             stores: OnceLock::new(),
             policies: OnceLock::new(),
@@ -193,16 +184,6 @@ impl Context {
             reconcile::RetryClass::Soon(after) => Action::requeue(self.backoff(key, after)),
             reconcile::RetryClass::Slowly => Action::requeue(self.slow_retry()),
         }
-    }
-
-    fn metrics_created(&self, created: bool) {
-        if created {
-            self.counters.assignments_created.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn count_status_write(&self) {
-        self.counters.status_writes.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -435,7 +435,9 @@ async fn apply(
     let enforce = validated.management_policy == ManagementPolicy::Enforce;
 
     // 8. Act.
-    let mut managed_ids: BTreeSet<String> = status.managed_assignments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    // Keyed case-insensitively (Azure ids are), keeping the canonical spelling for status.
+    let mut managed_ids: std::collections::BTreeMap<String, String> =
+        status.managed_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect();
     for (d, step) in desired.iter().zip(&the_plan.steps) {
         let id = assignment_id(&d.scope, &d.name);
         let described = format!("{} at {}", grant.spec.role_assignments[d.index].role, d.scope);
@@ -456,7 +458,7 @@ async fn apply(
                 st.assignment_id = Some(id.clone());
                 st.reason = Some("Assigned".into());
                 st.message = None;
-                managed_ids.insert(id.to_ascii_lowercase());
+                managed_ids.insert(id.to_ascii_lowercase(), id.clone());
             }
             Step::Adopt { id: existing, condition_differs } => {
                 st.state = AssignmentState::Adopted;
@@ -516,7 +518,7 @@ async fn apply(
                     st.assignment_id = Some(id.clone());
                     st.reason = Some("Assigned".into());
                     st.message = None;
-                    managed_ids.insert(id.to_ascii_lowercase());
+                    managed_ids.insert(id.to_ascii_lowercase(), id.clone());
                     let drift = matches!(step, Step::Create { drift: true });
                     if created && drift {
                         status.drift_corrections += 1;
@@ -535,7 +537,6 @@ async fn apply(
                             format!("updated condition or description of {described}"),
                         ));
                     }
-                    ctx.metrics_created(created);
                 }
                 Err(ArmError::RoleAssignmentExists { message }) => {
                     // Someone else's assignment the list did not show yet: adopt it.
@@ -586,7 +587,7 @@ async fn apply(
     // Stale assignments: delete (Enforce) or report (Observe).
     let mut pending_removals = Vec::new();
     for name in &the_plan.released {
-        managed_ids.retain(|id| !id.ends_with(&format!("/{name}")));
+        managed_ids.retain(|id, _| !id.ends_with(&format!("/{name}")));
     }
     for (scope, name) in &the_plan.deletions {
         let id = assignment_id(scope, name).to_ascii_lowercase();
@@ -614,7 +615,7 @@ async fn apply(
             }
         }
     }
-    status.managed_assignments = managed_ids.into_iter().collect();
+    status.managed_assignments = managed_ids.into_values().collect();
     status.unmanaged_assignments = the_plan
         .unmanaged
         .iter()
@@ -729,7 +730,7 @@ async fn finish(
             }
         }
         api.patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": value}))).await?;
-        ctx.count_status_write();
+        ctx.metrics.status_writes.inc();
     }
     let reference = grant.object_ref(&());
     for (type_, reason, note) in events {
