@@ -13,9 +13,9 @@ use serde_json::json;
 use crate::api::{DatabricksIdentityGrant, GrantPolicy};
 use crate::azure::ResourceId;
 use crate::azure::client::{ArmClient, arm_retry, client_options};
-use crate::azure::credentials::{ArmClients, AuthMode, AzureSettings, client_secret};
+use crate::azure::credentials::ArmClients;
 use crate::controller::{self, Context, ControllerSettings};
-use crate::sandbox::estate::{OPERATOR_CLIENT_ID, SUBSCRIPTION_ID, TENANT_ID};
+use crate::sandbox::estate::SUBSCRIPTION_ID;
 use crate::sandbox::{self, Sandbox, SandboxOptions, arm};
 
 /// The examples, compiled in so the demo runs from any directory.
@@ -175,19 +175,7 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     };
     options.arm_faults = arm::FaultConfig { latency_ms: 15, jitter_ms: 10, ..arm::FaultConfig::default() };
     let sandbox = sandbox::start(options).await?;
-    sandbox.arm.emulator.register_app_with_secret(
-        OPERATOR_CLIENT_ID,
-        DEMO_SECRET,
-        &sandbox.estate.operator_principal_id,
-    );
-    let settings = AzureSettings {
-        arm_endpoint: sandbox.arm.url().to_owned(),
-        ca_file: Some(sandbox.arm.ca_file.clone()),
-        auth: AuthMode::ClientSecret,
-        authority_host: Some(sandbox.arm.url().to_owned()),
-        arm_policies: Vec::new(),
-    };
-    let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, DEMO_SECRET)?;
+    let (settings, credential) = sandbox.in_process_operator(DEMO_SECRET)?;
     let operator =
         ArmClient::new(sandbox.arm.url(), credential, client_options(Some(&sandbox.arm.ca_file), arm_retry())?)?;
     let client = sandbox.kube.emulator.client().map_err(|e| DemoError::KubeClient(e.to_string()))?;

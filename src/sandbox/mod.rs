@@ -12,6 +12,8 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use crate::api::{CrdError, crd_documents};
+use crate::azure::client::AzureSetupError;
+use crate::azure::credentials::{AuthMode, AzureSettings, client_secret};
 use estate::Estate;
 
 /// How to start the sandbox.
@@ -135,6 +137,30 @@ pub async fn start(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
 }
 
 impl Sandbox {
+    /// Azure settings for an operator running in this process: it authenticates with a client
+    /// secret registered here for the operator's principal (the managed-identity endpoint in
+    /// `azure.env` needs process environment variables, which in-process callers cannot share).
+    /// Returns the settings and the credential.
+    pub fn in_process_operator(
+        &self,
+        secret: &str,
+    ) -> Result<(AzureSettings, std::sync::Arc<dyn azure_core::credentials::TokenCredential>), AzureSetupError> {
+        self.arm.emulator.register_app_with_secret(
+            estate::OPERATOR_CLIENT_ID,
+            secret,
+            &self.estate.operator_principal_id,
+        );
+        let settings = AzureSettings {
+            arm_endpoint: self.arm.url().to_owned(),
+            ca_file: Some(self.arm.ca_file.clone()),
+            auth: AuthMode::ClientSecret,
+            authority_host: Some(self.arm.url().to_owned()),
+            arm_policies: Vec::new(),
+        };
+        let credential = client_secret(&settings, estate::TENANT_ID, estate::OPERATOR_CLIENT_ID, secret)?;
+        Ok((settings, credential))
+    }
+
     /// Stops both emulators.
     pub async fn shutdown(self) {
         self.kube.shutdown().await;

@@ -8,11 +8,11 @@ use std::time::Duration;
 use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant};
 use dbx_identity_operator::azure::client::{ArmClient, client_options};
-use dbx_identity_operator::azure::credentials::{ArmClients, AuthMode, AzureSettings, client_secret};
+use dbx_identity_operator::azure::credentials::ArmClients;
 use dbx_identity_operator::controller::{self, Context, ControllerSettings};
 use dbx_identity_operator::policy::evaluate::PolicyMode;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
-use dbx_identity_operator::sandbox::estate::{OPERATOR_CLIENT_ID, SUBSCRIPTION_ID, TENANT_ID};
+use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
 use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
@@ -49,16 +49,8 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
     options.arm_state = state;
     options.arm_faults = FaultConfig::default();
     let sandbox = sandbox::start(options).await.expect("sandbox");
-    sandbox.arm.emulator.register_app_with_secret(OPERATOR_CLIENT_ID, SECRET, &sandbox.estate.operator_principal_id);
-    let settings = AzureSettings {
-        arm_endpoint: sandbox.arm.url().to_owned(),
-        ca_file: Some(sandbox.arm.ca_file.clone()),
-        auth: AuthMode::ClientSecret,
-        authority_host: Some(sandbox.arm.url().to_owned()),
-        arm_policies: Vec::new(),
-    };
+    let (settings, credential) = sandbox.in_process_operator(SECRET).expect("operator credential");
     let metrics = dbx_identity_operator::telemetry::Metrics::new();
-    let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
     // Production retry timings (seconds of backoff) would only slow these behaviour tests down.
     let fast_retry = RetryOptions::exponential(ExponentialRetryOptions {
         initial_delay: azure_core::time::Duration::milliseconds(50),
@@ -246,14 +238,7 @@ pub fn guid_of(role_name: &str, h: &Harness) -> uuid::Uuid {
 
 /// A second, independent operator context against the same sandbox (another replica).
 pub fn replica_context(sandbox: &Sandbox, metrics: Arc<dbx_identity_operator::telemetry::Metrics>) -> Arc<Context> {
-    let settings = AzureSettings {
-        arm_endpoint: sandbox.arm.url().to_owned(),
-        ca_file: Some(sandbox.arm.ca_file.clone()),
-        auth: AuthMode::ClientSecret,
-        authority_host: Some(sandbox.arm.url().to_owned()),
-        arm_policies: Vec::new(),
-    };
-    let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
+    let (settings, credential) = sandbox.in_process_operator(SECRET).expect("operator credential");
     let options = client_options(Some(&sandbox.arm.ca_file), RetryOptions::none()).expect("options");
     let operator = ArmClient::new(sandbox.arm.url(), credential, options).expect("client");
     let client = sandbox.kube.emulator.client().expect("kube client");
