@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use dbx_identity_operator::azure::client::{ArmClient, client_options};
-use dbx_identity_operator::azure::credentials::{AuthMode, AzureSettings, client_secret, workload_identity};
+use dbx_identity_operator::azure::credentials::{AzureSettings, client_secret, workload_identity};
 use dbx_identity_operator::azure::models::RoleAssignmentProperties;
 use dbx_identity_operator::azure::{ArmError, ResourceId};
 use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ThrottleConfig};
@@ -32,14 +32,7 @@ async fn fixture_with(state: StateConfig, throttling: ThrottleConfig) -> Fixture
     config.throttling = throttling;
     let arm = arm::start(config).await.expect("start emulator");
     let estate = estate::seed(&mut arm.emulator.state(), 0);
-    arm.emulator.register_app_with_secret(OPERATOR_CLIENT_ID, SECRET, &estate.operator_principal_id);
-    let settings = AzureSettings {
-        arm_endpoint: arm.url().to_owned(),
-        ca_file: Some(arm.ca_file.clone()),
-        auth: AuthMode::ClientSecret,
-        authority_host: Some(arm.url().to_owned()),
-        arm_policies: Vec::new(),
-    };
+    let settings = arm.client_secret_settings(&estate.operator_principal_id, SECRET);
     Fixture { arm, estate, settings, _dir: dir }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dbx_identity_operator::azure::client::{ArmClient, arm_retry, client_options};
-use dbx_identity_operator::azure::credentials::{AuthMode, AzureSettings, client_secret};
+use dbx_identity_operator::azure::credentials::client_secret;
 use dbx_identity_operator::azure::models::RoleAssignmentProperties;
 use dbx_identity_operator::azure::{ArmError, ResourceId};
 use dbx_identity_operator::sandbox::arm::{self, ArmEmulatorConfig, StateConfig};
@@ -170,14 +170,7 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
     config.state = StateConfig { page_size: 2, ..StateConfig::default() };
     let arm = arm::start(config).await.expect("start");
     let estate = estate::seed(&mut arm.emulator.state(), 0);
-    arm.emulator.register_app_with_secret(OPERATOR_CLIENT_ID, SECRET, &estate.operator_principal_id);
-    let settings = AzureSettings {
-        arm_endpoint: arm.url().to_owned(),
-        ca_file: Some(arm.ca_file.clone()),
-        auth: AuthMode::ClientSecret,
-        authority_host: Some(arm.url().to_owned()),
-        arm_policies: Vec::new(),
-    };
+    let settings = arm.client_secret_settings(&estate.operator_principal_id, SECRET);
     let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
 
     // Drive the client through every operation so the emulator sees our real request bodies.

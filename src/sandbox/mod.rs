@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 use crate::api::{CrdError, crd_documents};
 use crate::azure::client::AzureSetupError;
-use crate::azure::credentials::{AuthMode, AzureSettings, client_secret};
+use crate::azure::credentials::{AzureSettings, client_secret};
 use estate::Estate;
 
 /// How to start the sandbox.
@@ -137,26 +137,13 @@ pub async fn start(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
 }
 
 impl Sandbox {
-    /// Azure settings for an operator running in this process: it authenticates with a client
-    /// secret registered here for the operator's principal (the managed-identity endpoint in
-    /// `azure.env` needs process environment variables, which in-process callers cannot share).
-    /// Returns the settings and the credential.
+    /// Settings and credential for an operator running in this process (client secret; see
+    /// [`arm::ArmEmulatorHandle::client_secret_settings`]).
     pub fn in_process_operator(
         &self,
         secret: &str,
     ) -> Result<(AzureSettings, std::sync::Arc<dyn azure_core::credentials::TokenCredential>), AzureSetupError> {
-        self.arm.emulator.register_app_with_secret(
-            estate::OPERATOR_CLIENT_ID,
-            secret,
-            &self.estate.operator_principal_id,
-        );
-        let settings = AzureSettings {
-            arm_endpoint: self.arm.url().to_owned(),
-            ca_file: Some(self.arm.ca_file.clone()),
-            auth: AuthMode::ClientSecret,
-            authority_host: Some(self.arm.url().to_owned()),
-            arm_policies: Vec::new(),
-        };
+        let settings = self.arm.client_secret_settings(&self.estate.operator_principal_id, secret);
         let credential = client_secret(&settings, estate::TENANT_ID, estate::OPERATOR_CLIENT_ID, secret)?;
         Ok((settings, credential))
     }

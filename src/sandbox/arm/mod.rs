@@ -218,6 +218,21 @@ impl ArmEmulatorHandle {
         &self.emulator.base_url
     }
 
+    /// Settings for an operator that authenticates here with a client secret: registers the
+    /// operator's application (`estate::OPERATOR_CLIENT_ID`) for `principal_id` and points
+    /// ARM, Entra and the CA at this emulator. (The managed-identity endpoint needs process
+    /// environment variables, which in-process callers cannot share.)
+    pub fn client_secret_settings(&self, principal_id: &str, secret: &str) -> crate::azure::credentials::AzureSettings {
+        self.emulator.register_app_with_secret(super::estate::OPERATOR_CLIENT_ID, secret, principal_id);
+        crate::azure::credentials::AzureSettings {
+            arm_endpoint: self.url().to_owned(),
+            ca_file: Some(self.ca_file.clone()),
+            auth: crate::azure::credentials::AuthMode::ClientSecret,
+            authority_host: Some(self.url().to_owned()),
+            arm_policies: Vec::new(),
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to 2 s), waits for the server.
     pub async fn shutdown(mut self) {
         self.server.graceful_shutdown(Some(Duration::from_secs(2)));
