@@ -51,9 +51,11 @@ pub struct AzureSettings {
     pub arm_policies: Vec<Arc<dyn azure_core::http::policies::Policy>>,
 }
 
-/// ARM client options: the CA bundle, ARM's retry policy and the extra policies.
+/// ARM client options: the CA bundle, ARM's retry policy, pacing from ARM's throttling headers
+/// (one pacer per client, i.e. per principal, as ARM meters them) and the extra policies.
 fn arm_options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
     let mut options = client_options(settings.ca_file.as_deref(), arm_retry())?;
+    options.per_try_policies.push(Arc::new(super::pacing::PacingPolicy::new()));
     options.per_try_policies.extend(settings.arm_policies.iter().cloned());
     Ok(options)
 }

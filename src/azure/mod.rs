@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod error;
 pub mod guid;
 pub mod models;
+pub mod pacing;
 pub mod permissions;
 pub mod resource_id;
 pub mod role_ref;

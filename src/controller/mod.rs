@@ -85,7 +85,11 @@ pub struct Context {
     namespaces: OnceLock<Store<Namespace>>,
     attempts: Mutex<HashMap<String, u32>>,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
+    triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
 }
+
+type GrantTrigger = futures::channel::mpsc::UnboundedSender<ObjectRef<DatabricksIdentityGrant>>;
 
 impl Context {
     pub fn new(
@@ -101,8 +105,9 @@ impl Context {
             client,
             arm,
             resolver: Resolver::new(settings.cache_ttl),
-            // Half a resync: grants reconciling in the same period share one list per scope.
-            scopes: ScopeAssignments::new(settings.resync_interval / 2),
+            // The scope refresher lists every scope once per resync; grants list a scope
+            // themselves only when that has not happened for longer.
+            scopes: ScopeAssignments::new(settings.resync_interval.mul_f64(1.5)),
             settings,
             metrics,
             stores: OnceLock::new(),
@@ -110,6 +115,38 @@ impl Context {
             namespaces: OnceLock::new(),
             attempts: Mutex::default(),
             gates: Mutex::default(),
+            triggers: Mutex::default(),
+        }
+    }
+
+    /// Wakes every grant that asks for, or manages, an assignment at one of `scopes`.
+    pub fn reconcile_grants_at(&self, scopes: &[ResourceId]) {
+        let scopes: std::collections::HashSet<String> = scopes.iter().map(ResourceId::normalized).collect();
+        let assignment_scope = |id: &str| {
+            let lower = id.to_ascii_lowercase();
+            lower.find("/providers/microsoft.authorization/roleassignments/").map(|at| lower[..at].to_owned())
+        };
+        let triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        for grant in self.grants() {
+            let wanted = grant
+                .spec
+                .role_assignments
+                .iter()
+                .any(|ra| ResourceId::parse(&ra.scope).is_ok_and(|scope| scopes.contains(&scope.normalized())));
+            let managed = grant.status.iter().flat_map(|s| &s.managed_assignments).any(|id| {
+                assignment_scope(id)
+                    .and_then(|s| ResourceId::parse(&s).ok())
+                    .is_some_and(|s| scopes.contains(&s.normalized()))
+            });
+            if !(wanted || managed) {
+                continue;
+            }
+            let namespace = grant.metadata.namespace.clone();
+            for (watched, trigger) in triggers.iter() {
+                if watched.is_none() || *watched == namespace {
+                    let _ = trigger.unbounded_send(ObjectRef::from(grant.as_ref()));
+                }
+            }
         }
     }
 
@@ -228,6 +265,50 @@ fn spawn_gauges(ctx: Arc<Context>) {
     });
 }
 
+/// Lists every scope in use once per resync interval (not once per grant) and wakes the grants
+/// at a scope whose assignments changed in Azure: drift heals within one interval at a cost of
+/// one read per scope.
+fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let period = ctx.settings.resync_interval;
+        let tick = (period / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let stopped = shutdown_signal(shutdown).shared();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = stopped.clone() => break,
+            }
+            let arm = ctx.arm.operator().clone();
+            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period))
+                .map(|scope| {
+                    let (ctx, arm) = (ctx.clone(), arm.clone());
+                    async move {
+                        let _permit = ctx.arm_permit(&scope).await;
+                        match ctx.scopes.refresh(&arm, &scope).await {
+                            Ok(true) => Some(scope),
+                            Ok(false) => None,
+                            Err(e) => {
+                                tracing::debug!(%scope, error = %e, "scope refresh failed; grants there list it themselves");
+                                None
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(4)
+                .filter_map(futures::future::ready)
+                .collect()
+                .await;
+            if !changed.is_empty() {
+                tracing::debug!(
+                    scopes = changed.len(),
+                    "role assignments changed in Azure; reconciling the grants there"
+                );
+                ctx.reconcile_grants_at(&changed);
+            }
+        }
+    });
+}
+
 /// Keeps a reflector store of `K` up to date until the process ends.
 fn reflect<K>(api: Api<K>) -> Store<K>
 where
@@ -273,7 +354,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
                 Some(ns) => Api::namespaced(ctx.client.clone(), ns),
                 None => Api::all(ctx.client.clone()),
             };
-            let controller = Controller::new(api, watcher::Config::default()).with_config(config.clone());
+            let (trigger, triggered) = futures::channel::mpsc::unbounded();
+            ctx.triggers.lock().unwrap_or_else(|p| p.into_inner()).push((ns.clone(), trigger));
+            let controller =
+                Controller::new(api, watcher::Config::default()).with_config(config.clone()).reconcile_on(triggered);
             // Policy or namespace-label changes re-reconcile the grants they may affect.
             let (all, in_namespace) = (controller.store(), controller.store());
             controller
@@ -293,6 +377,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
         .collect();
     let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
     spawn_gauges(ctx.clone());
+    spawn_scope_refresher(ctx.clone(), shutdown.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
     let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = controllers
         .into_iter()
@@ -316,6 +401,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             .boxed(),
     );
     futures::future::join_all(runs).await;
+    ctx.triggers.lock().unwrap_or_else(|p| p.into_inner()).clear();
     ctx.metrics.leader.set(0);
     info!("controller stopped");
 }

@@ -342,14 +342,53 @@ async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Re
     }
 }
 
-/// One scope's cached list; the async lock makes concurrent grants wait for a single read.
-type ScopeSlot = Arc<tokio::sync::Mutex<Option<Entry<Vec<RoleAssignment>>>>>;
+/// A scope's cached list, plus our own recent writes: ARM's lists lag behind writes for a
+/// moment, and a fresh list missing our own new assignment is not drift.
+struct ScopeList {
+    at: Instant,
+    assignments: Vec<RoleAssignment>,
+    own_writes: HashMap<String, (Instant, RoleAssignment)>,
+}
 
-/// Role assignments per scope, listed once per `ttl` and shared by every grant; our own writes
-/// update the cached list so the next grant does not need a fresh read.
+/// One scope's cached list; the async lock makes concurrent grants wait for a single read.
+type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
+
+/// How long our own PUT is assumed to be on its way into list results.
+const OWN_WRITE_GRACE: Duration = Duration::from_secs(60);
+
+/// What a list compares by: everything a grant's plan looks at.
+fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
+    list.iter()
+        .map(|a| {
+            let p = &a.properties;
+            format!(
+                "{}|{}|{}|{}|{}",
+                a.name.to_ascii_lowercase(),
+                p.role_definition_id.to_ascii_lowercase(),
+                p.principal_id.to_ascii_lowercase(),
+                p.scope.as_deref().unwrap_or_default().to_ascii_lowercase(),
+                p.condition.as_deref().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Role assignments per scope, shared by every grant. The controller's scope refresher lists
+/// each scope in use once per resync interval ([`ScopeAssignments::due`],
+/// [`ScopeAssignments::refresh`]); grants read the cache and list only when it is older than
+/// `ttl` (the refresher fell behind or cannot read the scope). Our own writes update the cache.
 pub struct ScopeAssignments {
     ttl: Duration,
-    scopes: Mutex<HashMap<String, ScopeSlot>>,
+    scopes: Mutex<HashMap<String, ScopeEntry>>,
+}
+
+struct ScopeEntry {
+    scope: ResourceId,
+    /// Last time a grant read it.
+    used: Instant,
+    /// Last time the refresher listed it (successfully or not).
+    refreshed: Option<Instant>,
+    slot: ScopeSlot,
 }
 
 impl ScopeAssignments {
@@ -358,7 +397,56 @@ impl ScopeAssignments {
     }
 
     fn slot(&self, scope: &ResourceId) -> ScopeSlot {
-        self.scopes.lock().unwrap_or_else(|p| p.into_inner()).entry(scope.normalized()).or_default().clone()
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = scopes.entry(scope.normalized()).or_insert_with(|| ScopeEntry {
+            scope: scope.clone(),
+            used: Instant::now(),
+            refreshed: None,
+            slot: ScopeSlot::default(),
+        });
+        entry.used = Instant::now();
+        entry.slot.clone()
+    }
+
+    /// Lists `scope`. Our own recent writes the list does not show are checked one by one with a
+    /// GET (consistent, unlike lists): still there means the list lags, gone means drift.
+    async fn read(
+        arm: &ArmClient,
+        scope: &ResourceId,
+        cached: &Option<ScopeList>,
+    ) -> Result<(Vec<RoleAssignment>, Vec<String>), ArmError> {
+        let fresh = arm.list_role_assignments_at_scope(scope).await?;
+        let mut lagging = Vec::new();
+        for (name, (at, _)) in cached.iter().flat_map(|c| &c.own_writes) {
+            if at.elapsed() >= OWN_WRITE_GRACE || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            match arm.get_role_assignment(scope, name).await {
+                Err(ArmError::NotFound { .. }) => {}
+                Ok(_) | Err(_) => lagging.push(name.clone()),
+            }
+        }
+        Ok((fresh, lagging))
+    }
+
+    /// Stores a fresh list plus our own writes it lags behind. Returns whether it differs from
+    /// what was cached.
+    fn store(slot: &mut Option<ScopeList>, fresh: Vec<RoleAssignment>, lagging: &[String]) -> bool {
+        let now = Instant::now();
+        let (previous, mut own) = slot.take().map(|s| (s.assignments, s.own_writes)).unwrap_or_default();
+        own.retain(|name, (at, _)| {
+            now.duration_since(*at) < OWN_WRITE_GRACE
+                && (lagging.contains(name) || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)))
+        });
+        let mut assignments = fresh;
+        for name in lagging {
+            if let Some((_, assignment)) = own.get(name) {
+                assignments.push(assignment.clone());
+            }
+        }
+        let changed = fingerprint(&previous) != fingerprint(&assignments);
+        *slot = Some(ScopeList { at: now, assignments, own_writes: own });
+        changed
     }
 
     /// Assignments at and above `scope`; at most one ARM list per scope per TTL, even when many
@@ -367,11 +455,59 @@ impl ScopeAssignments {
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
         if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < self.ttl) {
-            return Ok(entry.value.clone());
+            return Ok(entry.assignments.clone());
         }
-        let fresh = arm.list_role_assignments_at_scope(scope).await?;
-        *guard = Some(Entry { at: Instant::now(), value: fresh.clone() });
-        Ok(fresh)
+        let (fresh, lagging) = Self::read(arm, scope, &guard).await?;
+        Self::store(&mut guard, fresh, &lagging);
+        Ok(guard.as_ref().map(|e| e.assignments.clone()).unwrap_or_default())
+    }
+
+    /// Scopes in use (a grant read them within two `period`s) whose list is at least `period`
+    /// old (spread by a per-scope offset of up to 10% so they do not all come due at once),
+    /// oldest first.
+    pub fn due(&self, period: Duration) -> Vec<ResourceId> {
+        let now = Instant::now();
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes.retain(|_, e| now.duration_since(e.used) < period * 2);
+        let mut due: Vec<(Duration, ResourceId)> = scopes
+            .iter()
+            .filter_map(|(key, e)| {
+                let offset = f64::from(key.bytes().fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b))) / 255.0;
+                let period = period.mul_f64(1.0 - 0.1 * offset);
+                // A scope the refresher could not read is left to the grants for a period.
+                if e.refreshed.is_some_and(|at| now.duration_since(at) < period) {
+                    return None;
+                }
+                let age = e.slot.try_lock().ok()?.as_ref().map_or(Duration::MAX, |l| now.duration_since(l.at));
+                (age >= period).then(|| (age, e.scope.clone()))
+            })
+            .collect();
+        due.sort_by_key(|d| std::cmp::Reverse(d.0));
+        due.into_iter().map(|(_, scope)| scope).collect()
+    }
+
+    /// Lists `scope` again; `Ok(true)` when Azure no longer matches the cache (drift, someone
+    /// else's change), so the grants there should reconcile. On error the cached list is
+    /// dropped, so the grants there list it themselves (perhaps with their own credential).
+    pub async fn refresh(&self, arm: &ArmClient, scope: &ResourceId) -> Result<bool, ArmError> {
+        let slot = {
+            let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+            match scopes.get_mut(&scope.normalized()) {
+                Some(e) => {
+                    e.refreshed = Some(Instant::now());
+                    e.slot.clone()
+                }
+                None => return Ok(false),
+            }
+        };
+        let mut guard = slot.lock().await;
+        match Self::read(arm, scope, &guard).await {
+            Ok((fresh, lagging)) => Ok(Self::store(&mut guard, fresh, &lagging)),
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
+        }
     }
 
     /// Records our own PUT in the cached list.
@@ -379,8 +515,9 @@ impl ScopeAssignments {
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
         if let Some(entry) = guard.as_mut() {
-            entry.value.retain(|a| !a.name.eq_ignore_ascii_case(&assignment.name));
-            entry.value.push(assignment);
+            entry.assignments.retain(|a| !a.name.eq_ignore_ascii_case(&assignment.name));
+            entry.own_writes.insert(assignment.name.to_ascii_lowercase(), (Instant::now(), assignment.clone()));
+            entry.assignments.push(assignment);
         }
     }
 
@@ -389,12 +526,69 @@ impl ScopeAssignments {
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
         if let Some(entry) = guard.as_mut() {
-            entry.value.retain(|a| !a.name.eq_ignore_ascii_case(name));
+            entry.assignments.retain(|a| !a.name.eq_ignore_ascii_case(name));
+            entry.own_writes.remove(&name.to_ascii_lowercase());
         }
     }
 
     /// Drops the cached list so the next reconcile reads Azure again.
     pub async fn invalidate(&self, scope: &ResourceId) {
         *self.slot(scope).lock().await = None;
+    }
+}
+
+#[cfg(test)]
+mod scope_cache_tests {
+    use super::*;
+    use crate::azure::models::RoleAssignmentProperties;
+
+    fn assignment(name: &str) -> RoleAssignment {
+        RoleAssignment {
+            id: format!("/subscriptions/s/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name: name.into(),
+            properties: RoleAssignmentProperties {
+                role_definition_id: "r".into(),
+                principal_id: "p".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_fresh_list_reports_changes_and_keeps_own_writes_it_lags_behind() {
+        let mut slot = None;
+        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]), "first list is a change");
+        assert!(!ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]), "same list, no change");
+        // Our own PUT of "b", not yet in lists, confirmed by GET (lagging): kept, no change.
+        if let Some(list) = slot.as_mut() {
+            list.assignments.push(assignment("b"));
+            list.own_writes.insert("b".into(), (Instant::now(), assignment("b")));
+        }
+        assert!(!ScopeAssignments::store(&mut slot, vec![assignment("a")], &["b".into()]));
+        assert_eq!(slot.as_ref().map(|l| l.assignments.len()), Some(2));
+        // GET said it is gone: drift, reported as a change, and forgotten.
+        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]));
+        assert_eq!(slot.as_ref().map(|l| (l.assignments.len(), l.own_writes.len())), Some((1, 0)));
+        // Someone else's new assignment is a change.
+        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a"), assignment("c")], &[]));
+    }
+
+    #[test]
+    fn scopes_come_due_once_per_period_and_unused_ones_are_dropped() {
+        let cache = ScopeAssignments::new(Duration::from_secs(60));
+        let scope =
+            ResourceId::parse("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg").expect("id");
+        let slot = cache.slot(&scope);
+        assert_eq!(cache.due(Duration::from_secs(10)), vec![scope.clone()], "never listed: due");
+        if let Ok(mut guard) = slot.try_lock() {
+            ScopeAssignments::store(&mut guard, Vec::new(), &[]);
+        }
+        let period = Duration::from_millis(200);
+        assert!(cache.due(period).is_empty(), "just listed: not due");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(cache.due(period), vec![scope], "a period later: due again");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(cache.due(period).is_empty(), "no grant read it for two periods: dropped");
+        assert!(cache.scopes.lock().map(|s| s.is_empty()).unwrap_or(false));
     }
 }

@@ -1,0 +1,808 @@
+//! Scale benchmark: how close to ARM's throttling floor the operator converges N grants, and
+//! what it costs when nothing changes.
+//!
+//! The sandbox emulators run in this process; the operator runs as a separate process (the
+//! real binary with `run`), so its memory and CPU are measured alone from /proc.
+//!
+//! ```text
+//! cargo bench --bench converge -- [--grants 100,1000,5000] [--throttle-scale 1] \
+//!     [--latency-ms 40] [--jitter-ms 10] [--resync-interval 30s] [--no-throttling]
+//! ```
+//!
+//! Writes a markdown table to stdout, and JSON plus a PNG chart under `target/bench/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dbx_identity_operator::azure::ResourceId;
+use dbx_identity_operator::azure::models::Permission;
+use dbx_identity_operator::sandbox::arm::state::ResourceKind;
+use dbx_identity_operator::sandbox::arm::{FaultConfig, ThrottleConfig};
+use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
+const GROUP: &str = "identity.dbx-operator.io";
+const NAMESPACES: usize = 10;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Converge N grants against the sandbox and report time, requests and memory")]
+struct Options {
+    /// Grant counts to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    grants: Vec<usize>,
+    /// Distinct scopes; default N/10.
+    #[arg(long)]
+    scopes: Option<usize>,
+    /// Multiplies every throttling bucket's size and refill rate (and so divides the floor).
+    #[arg(long, default_value_t = 1.0)]
+    throttle_scale: f64,
+    /// Turns ARM throttling off.
+    #[arg(long)]
+    no_throttling: bool,
+    /// ARM emulator latency per request.
+    #[arg(long, default_value_t = 40)]
+    latency_ms: u64,
+    #[arg(long, default_value_t = 10)]
+    jitter_ms: u64,
+    /// The operator's resync interval (the steady-state phase lasts one).
+    #[arg(long, default_value = "30s", value_parser = dbx_identity_operator::cli::parse_duration)]
+    resync_interval: Duration,
+    /// Gives up on a phase after this long.
+    #[arg(long, default_value = "3600s", value_parser = dbx_identity_operator::cli::parse_duration)]
+    phase_timeout: Duration,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Where JSON, chart and operator logs go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Added by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+// ---------- workload ----------
+
+/// One grant to create: its identity block and role assignments.
+#[derive(Debug, Clone)]
+struct GrantPlan {
+    namespace: String,
+    name: String,
+    identity: Value,
+    /// The principal behind `identity` (to count distinct tuples).
+    principal: String,
+    assignments: Vec<(String, String)>,
+}
+
+struct Workload {
+    grants: Vec<GrantPlan>,
+    scopes: Vec<(String, ScopeKind)>,
+    /// Distinct (principal, role, scope): the PUTs convergence needs.
+    unique_tuples: usize,
+    identities: usize,
+    role_names: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ScopeKind {
+    Storage,
+    Vault,
+    ResourceGroup,
+}
+
+const CUSTOM_ROLES: [(&str, ScopeKind); 3] = [
+    ("Lakehouse Curated Writer", ScopeKind::Storage),
+    ("Vault Certificate Reader", ScopeKind::Vault),
+    ("Data Platform Observer", ScopeKind::ResourceGroup),
+];
+
+fn roles_for(kind: ScopeKind) -> Vec<&'static str> {
+    match kind {
+        ScopeKind::Storage => {
+            vec!["Storage Blob Data Reader", "Storage Blob Data Contributor", "Lakehouse Curated Writer"]
+        }
+        ScopeKind::Vault => vec!["Key Vault Secrets User", "Key Vault Reader", "Vault Certificate Reader"],
+        ScopeKind::ResourceGroup => vec!["Reader", "Data Platform Observer"],
+    }
+}
+
+/// Seeds Azure with workspaces, connectors, scopes and custom roles, and plans N grants:
+/// identities split between workspace identities and access connectors, 1–3 assignments each,
+/// 20% of grants sharing a tuple with an earlier grant.
+fn build_workload(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Workload {
+    let mut rng = StdRng::seed_from_u64(seed ^ n as u64);
+    let sub = sandbox.estate.subscription_id.clone();
+    let mut state = sandbox.arm.emulator.state();
+    let rg = |name: String| ResourceId::resource_group(&sub, &name);
+    let old = Duration::from_secs(86_400);
+
+    // Scopes across 10 resource groups.
+    let mut scope_list = Vec::new();
+    for i in 0..scopes {
+        let group = rg(format!("rg-data-{}", i % 10));
+        let (id, kind) = match i % 20 {
+            0..=11 => (
+                group.with_provider_resource("Microsoft.Storage", "storageAccounts", &format!("stlake{i:05}")),
+                ScopeKind::Storage,
+            ),
+            12..=16 => (
+                group.with_provider_resource("Microsoft.KeyVault", "vaults", &format!("kv-team-{i:05}")),
+                ScopeKind::Vault,
+            ),
+            _ => (rg(format!("rg-project-{i:05}")), ScopeKind::ResourceGroup),
+        };
+        if kind == ScopeKind::ResourceGroup {
+            state.add_resource_group(&id);
+        } else {
+            state.add_resource(&id, ResourceKind::Generic);
+        }
+        scope_list.push((id.to_string(), kind));
+    }
+    for (name, kind) in CUSTOM_ROLES {
+        let data_actions = match kind {
+            ScopeKind::Storage => vec!["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*".to_owned()],
+            ScopeKind::Vault => vec!["Microsoft.KeyVault/vaults/certificates/read".to_owned()],
+            ScopeKind::ResourceGroup => vec![],
+        };
+        let actions = vec!["*/read".to_owned()];
+        state.add_custom_role(
+            name,
+            vec![Permission { actions, data_actions, ..Permission::default() }],
+            vec![ResourceId::subscription(&sub)],
+        );
+    }
+
+    // Identities: workspaces (dbmanagedidentity) and access connectors (system- or
+    // user-assigned), about one per five grants.
+    let mut identities: Vec<(Value, String)> = Vec::new();
+    let count = (n / 5).max(4);
+    for i in 0..count {
+        let group = rg(format!("rg-dbx-{}", i % 5));
+        let principal = uuid::Uuid::new_v4().to_string();
+        state.add_principal(&principal, old);
+        if i % 3 == 0 {
+            let managed_rg = rg(format!("rg-dbw-{i:05}-managed"));
+            let mi = managed_rg.with_provider_resource(
+                "Microsoft.ManagedIdentity",
+                "userAssignedIdentities",
+                "dbmanagedidentity",
+            );
+            state.add_resource(
+                &mi,
+                ResourceKind::UserAssignedIdentity {
+                    principal_id: principal.clone(),
+                    client_id: uuid::Uuid::new_v4().to_string(),
+                },
+            );
+            let ws = group.with_provider_resource("Microsoft.Databricks", "workspaces", &format!("dbw-{i:05}"));
+            state.add_resource(
+                &ws,
+                ResourceKind::Workspace { managed_resource_group: managed_rg, access_connector: None },
+            );
+            identities.push((json!({"workspace": {"resourceId": ws.to_string()}}), principal));
+        } else if i % 3 == 1 {
+            let ac = group.with_provider_resource("Microsoft.Databricks", "accessConnectors", &format!("ac-{i:05}"));
+            state.add_resource(
+                &ac,
+                ResourceKind::AccessConnector { system_principal: Some(principal.clone()), user_assigned: vec![] },
+            );
+            identities.push((json!({"accessConnector": {"resourceId": ac.to_string()}}), principal));
+        } else {
+            let uai = group.with_provider_resource(
+                "Microsoft.ManagedIdentity",
+                "userAssignedIdentities",
+                &format!("id-ac-{i:05}"),
+            );
+            state.add_resource(
+                &uai,
+                ResourceKind::UserAssignedIdentity {
+                    principal_id: principal.clone(),
+                    client_id: uuid::Uuid::new_v4().to_string(),
+                },
+            );
+            let ac = group.with_provider_resource("Microsoft.Databricks", "accessConnectors", &format!("ac-{i:05}"));
+            state.add_resource(
+                &ac,
+                ResourceKind::AccessConnector { system_principal: None, user_assigned: vec![uai.clone()] },
+            );
+            identities.push((
+                json!({"accessConnector": {"resourceId": ac.to_string(), "userAssignedIdentityId": uai.to_string()}}),
+                principal,
+            ));
+        }
+    }
+    drop(state);
+
+    let mut grants: Vec<GrantPlan> = Vec::with_capacity(n);
+    for i in 0..n {
+        let shared_with = (i > 0 && rng.random_bool(0.2)).then(|| rng.random_range(0..i));
+        let (identity, principal) = match shared_with {
+            Some(j) => (grants[j].identity.clone(), grants[j].principal.clone()),
+            None => identities.choose(&mut rng).cloned().unwrap_or((Value::Null, String::new())),
+        };
+        let mut assignments: Vec<(String, String)> = Vec::new();
+        if let Some(j) = shared_with
+            && let Some(tuple) = grants[j].assignments.first()
+        {
+            assignments.push(tuple.clone());
+        }
+        let wanted = rng.random_range(1..=3usize).max(assignments.len());
+        while assignments.len() < wanted {
+            let (scope, kind) = scope_list.choose(&mut rng).cloned().unwrap_or((String::new(), ScopeKind::Storage));
+            let role = roles_for(kind).choose(&mut rng).copied().unwrap_or("Reader").to_owned();
+            if !assignments.iter().any(|(r, s)| *r == role && *s == scope) {
+                assignments.push((role, scope));
+            }
+        }
+        grants.push(GrantPlan {
+            namespace: format!("bench-{}", i % NAMESPACES),
+            name: format!("grant-{i:05}"),
+            identity,
+            principal,
+            assignments,
+        });
+    }
+    let unique: BTreeSet<(String, String, String)> = grants
+        .iter()
+        .flat_map(|g| g.assignments.iter().map(|(r, s)| (g.principal.clone(), r.clone(), s.to_ascii_lowercase())))
+        .collect();
+    let role_names = grants.iter().flat_map(|g| g.assignments.iter().map(|(r, _)| r.clone())).collect();
+    let used_identities: BTreeSet<&String> = grants.iter().map(|g| &g.principal).collect();
+    Workload { unique_tuples: unique.len(), identities: used_identities.len(), grants, scopes: scope_list, role_names }
+}
+
+fn grant_object(plan: &GrantPlan) -> Value {
+    json!({
+        "apiVersion": format!("{GROUP}/v1alpha1"),
+        "kind": "DatabricksIdentityGrant",
+        "metadata": {"name": plan.name, "namespace": plan.namespace},
+        "spec": {
+            "identity": plan.identity,
+            "roleAssignments": plan.assignments.iter().map(|(role, scope)| json!({"role": role, "scope": scope})).collect::<Vec<_>>(),
+        }
+    })
+}
+
+// ---------- measurement helpers ----------
+
+type Stats = BTreeMap<(String, u16), u64>;
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Requests {
+    reads: u64,
+    writes: u64,
+    deletes: u64,
+    throttled: u64,
+    errors: u64,
+    /// By operation (any status).
+    by_operation: BTreeMap<String, u64>,
+}
+
+fn requests_between(before: &Stats, after: &Stats) -> Requests {
+    let mut r = Requests::default();
+    for ((operation, status), n) in after {
+        let n = n - before.get(&(operation.clone(), *status)).copied().unwrap_or(0);
+        if n == 0 || operation == "Token" {
+            continue;
+        }
+        *r.by_operation.entry(operation.clone()).or_default() += n;
+        if *status == 429 {
+            r.throttled += n;
+        } else if *status >= 500 || *status == 0 {
+            r.errors += n;
+        }
+        if operation.starts_with("Put") {
+            r.writes += n;
+        } else if operation.starts_with("Delete") {
+            r.deletes += n;
+        } else {
+            r.reads += n;
+        }
+    }
+    r
+}
+
+/// Kubernetes writes (not GET/LIST/WATCH) logged since `from`, minus `own` made by the bench.
+fn kube_writes_since(sandbox: &Sandbox, from: usize, own: usize) -> usize {
+    let log = sandbox.kube.emulator.requests();
+    log.iter().skip(from).filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch")).count().saturating_sub(own)
+}
+
+fn kube_log_len(sandbox: &Sandbox) -> usize {
+    sandbox.kube.emulator.requests().len()
+}
+
+/// Every grant from the emulator's store (no HTTP, so polling does not load the operator's API).
+fn grants_in_store(sandbox: &Sandbox) -> Vec<Value> {
+    let store = sandbox.kube.emulator.store();
+    match store.find_type(GROUP, "v1alpha1", "databricksidentitygrants") {
+        Some(ty) => store.list(&ty, None),
+        None => Vec::new(),
+    }
+}
+
+fn ready_and_current(grant: &Value) -> bool {
+    let generation = grant.pointer("/metadata/generation").and_then(Value::as_i64);
+    let observed = grant.pointer("/status/observedGeneration").and_then(Value::as_i64);
+    let ready = grant
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    ready && generation == observed
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("{what}: not done after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Peak RSS (VmHWM) in bytes and CPU seconds (user + system) of a process.
+fn process_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY-free: sysconf is not exposed without libc; Linux's USER_HZ is 100.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (hwm_kib * 1024, cpu)
+}
+
+// ---------- the run for one N ----------
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct Row {
+    grants: usize,
+    scopes: usize,
+    identities: usize,
+    unique_assignments: usize,
+    throttle_scale: f64,
+    cold_seconds: f64,
+    floor_seconds: f64,
+    efficiency: f64,
+    cold_requests: Requests,
+    steady_period_seconds: f64,
+    steady_requests: Requests,
+    steady_kube_writes: usize,
+    drift_deleted: usize,
+    drift_seconds: f64,
+    drift_requests: Requests,
+    churn_grants: usize,
+    churn_seconds: f64,
+    churn_requests: Requests,
+    cold_kube_writes: usize,
+    peak_rss_bytes: u64,
+    bytes_per_grant: f64,
+    cpu_seconds: f64,
+}
+
+/// The least time Azure's buckets allow: reads and writes beyond each burst at the refill rate
+/// (the larger of the two), plus one grant's chain of dependent requests.
+fn throttling_floor(throttle: &ThrottleConfig, reads: f64, writes: f64, latency: Duration) -> f64 {
+    let chain = 4.0 * latency.as_secs_f64();
+    if !throttle.enabled {
+        return chain;
+    }
+    let beyond = |n: f64, b: dbx_identity_operator::sandbox::arm::throttle::Bucket| {
+        if b.per_second > 0.0 { ((n - b.burst).max(0.0)) / b.per_second } else { 0.0 }
+    };
+    beyond(reads, throttle.reads).max(beyond(writes, throttle.writes)) + chain
+}
+
+struct Operator {
+    child: Child,
+}
+
+impl Operator {
+    fn start(sandbox: &Sandbox, options: &Options, log: &Path) -> Result<Self, String> {
+        let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let child = Command::new(OPERATOR)
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--resync-interval")
+            .arg(format!("{}ms", options.resync_interval.as_millis()))
+            .envs(sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KUBECONFIG", &sandbox.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {OPERATOR}: {e}"))?;
+        Ok(Operator { child })
+    }
+
+    fn usage(&self) -> (u64, f64) {
+        process_usage(self.child.id())
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("the operator exited: {status}")),
+            Err(e) => Err(format!("cannot check the operator: {e}")),
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut sandbox_options = SandboxOptions::new(dir.path().to_owned());
+    sandbox_options.arm_faults =
+        FaultConfig { latency_ms: options.latency_ms, jitter_ms: options.jitter_ms, ..FaultConfig::default() };
+    let throttle = if options.no_throttling {
+        ThrottleConfig { enabled: false, ..ThrottleConfig::default() }
+    } else {
+        ThrottleConfig::default().scaled(options.throttle_scale)
+    };
+    sandbox_options.throttling = throttle.clone();
+    let sandbox = sandbox::start(sandbox_options).await.map_err(|e| e.to_string())?;
+    let scopes = options.scopes.unwrap_or((n / 10).max(1));
+    let workload = build_workload(&sandbox, n, scopes, options.seed);
+    let client = sandbox.kube.emulator.client().map_err(|e| e.to_string())?;
+
+    // Namespaces, the policy allowing them, then every grant (before the operator starts, so
+    // the clock measures the operator alone).
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for i in 0..NAMESPACES {
+        let ns = json!({"metadata": {"name": format!("bench-{i}"), "labels": {"dbx-operator.io/team": "bench"}}});
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(ns).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut roles: Vec<String> = workload.role_names.iter().cloned().collect();
+    roles.sort();
+    let policy = json!({
+        "apiVersion": format!("{GROUP}/v1alpha1"), "kind": "GrantPolicy", "metadata": {"name": "bench"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"dbx-operator.io/team": "bench"}},
+            "identities": [format!("/subscriptions/{}/**", sandbox.estate.subscription_id)],
+            "roles": roles,
+            "scopes": [format!("/subscriptions/{}/**", sandbox.estate.subscription_id)],
+            "maxRoleAssignmentsPerGrant": 10,
+        }
+    });
+    let policies: Api<dbx_identity_operator::api::GrantPolicy> = Api::all(client.clone());
+    policies
+        .create(&PostParams::default(), &serde_json::from_value(policy).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| format!("policy: {e}"))?;
+    let created = futures::stream::iter(workload.grants.iter().map(|plan| {
+        let client = client.clone();
+        async move {
+            let api: Api<dbx_identity_operator::api::DatabricksIdentityGrant> =
+                Api::namespaced(client, &plan.namespace);
+            let object = serde_json::from_value(grant_object(plan)).map_err(|e| e.to_string())?;
+            api.create(&PostParams::default(), &object).await.map(|_| ()).map_err(|e| format!("{}: {e}", plan.name))
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<Result<(), String>>>()
+    .await;
+    if let Some(Err(e)) = created.into_iter().find(Result::is_err) {
+        return Err(format!("creating grants: {e}"));
+    }
+
+    // 1. Cold convergence.
+    std::fs::create_dir_all(&options.out).map_err(|e| e.to_string())?;
+    let log = options.out.join(format!("operator-{n}.log"));
+    let stats0 = sandbox.arm.emulator.stats();
+    let kube0 = kube_log_len(&sandbox);
+    let mut operator = Operator::start(&sandbox, options, &log)?;
+    let started = Instant::now();
+    loop {
+        let grants = grants_in_store(&sandbox);
+        if grants.len() == n && grants.iter().all(ready_and_current) {
+            break;
+        }
+        operator.check_alive()?;
+        if started.elapsed() > options.phase_timeout {
+            let ready = grants.iter().filter(|g| ready_and_current(g)).count();
+            return Err(format!(
+                "cold convergence: {ready}/{n} ready after {:?}; see {}",
+                options.phase_timeout,
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cold = started.elapsed();
+    let stats1 = sandbox.arm.emulator.stats();
+    let cold_requests = requests_between(&stats0, &stats1);
+    let cold_kube_writes = kube_writes_since(&sandbox, kube0, 0);
+    let reads_needed = (workload.scopes.len() + workload.identities + workload.role_names.len()) as f64;
+    let latency = Duration::from_millis(options.latency_ms);
+    let floor = throttling_floor(&throttle, reads_needed, workload.unique_tuples as f64, latency);
+
+    // 2. Steady state: one full resync period (its upper jitter bound) with nothing changed.
+    let period = options.resync_interval.mul_f64(1.1);
+    let kube1 = kube_log_len(&sandbox);
+    tokio::time::sleep(period).await;
+    operator.check_alive()?;
+    let stats2 = sandbox.arm.emulator.stats();
+    let steady_requests = requests_between(&stats1, &stats2);
+    let steady_kube_writes = kube_writes_since(&sandbox, kube1, 0);
+
+    // 3. Drift: 1% of the assignments deleted out of band.
+    let mut rng = StdRng::seed_from_u64(options.seed.wrapping_add(n as u64));
+    let deleted: Vec<String> = {
+        let mut state = sandbox.arm.emulator.state();
+        let managed: Vec<String> = state
+            .all_assignments()
+            .into_iter()
+            .filter(|(_, scope, _, _, _)| {
+                scope.resource_group_name().is_some_and(|rg| rg.starts_with("rg-data") || rg.starts_with("rg-project"))
+            })
+            .map(|(name, ..)| name)
+            .collect();
+        let count = (managed.len() / 100).max(1);
+        let chosen: Vec<String> = managed.choose_multiple(&mut rng, count).cloned().collect();
+        for name in &chosen {
+            state.delete_out_of_band(name);
+        }
+        chosen
+    };
+    let drift_time = wait_until("drift healing", options.phase_timeout, || {
+        let state = sandbox.arm.emulator.state();
+        let names: std::collections::HashSet<String> =
+            state.all_assignments().into_iter().map(|(name, ..)| name).collect();
+        deleted.iter().all(|d| names.contains(d))
+    })
+    .await?;
+    // Let in-flight status patches land before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats3 = sandbox.arm.emulator.stats();
+    let drift_requests = requests_between(&stats2, &stats3);
+
+    // 4. Churn: 10% of grants get a changed spec (one assignment replaced by another role).
+    let churned: Vec<&GrantPlan> = workload.grants.choose_multiple(&mut rng, (n / 10).max(1)).collect();
+    for plan in &churned {
+        let mut assignments = plan.assignments.clone();
+        let (scope, kind) = workload.scopes.choose(&mut rng).cloned().unwrap_or((String::new(), ScopeKind::Storage));
+        let role = roles_for(kind)
+            .into_iter()
+            .find(|r| !assignments.iter().any(|(ar, s)| ar == r && *s == scope))
+            .unwrap_or("Reader");
+        assignments.pop();
+        assignments.push((role.to_owned(), scope));
+        let api: Api<dbx_identity_operator::api::DatabricksIdentityGrant> =
+            Api::namespaced(client.clone(), &plan.namespace);
+        let patch = json!({"spec": {"roleAssignments": assignments.iter().map(|(role, scope)| json!({"role": role, "scope": scope})).collect::<Vec<_>>()}});
+        api.patch(&plan.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("churn {}: {e}", plan.name))?;
+    }
+    let churn_time = wait_until("churn", options.phase_timeout, || {
+        let grants = grants_in_store(&sandbox);
+        grants.len() == n && grants.iter().all(ready_and_current)
+    })
+    .await?;
+    let stats4 = sandbox.arm.emulator.stats();
+    let churn_requests = requests_between(&stats3, &stats4);
+
+    // 5. Resources for the whole run.
+    operator.check_alive()?;
+    let (peak_rss, cpu) = operator.usage();
+    drop(operator);
+    sandbox.shutdown().await;
+    Ok(Row {
+        grants: n,
+        scopes: workload.scopes.len(),
+        identities: workload.identities,
+        unique_assignments: workload.unique_tuples,
+        throttle_scale: if options.no_throttling { 0.0 } else { options.throttle_scale },
+        cold_seconds: cold.as_secs_f64(),
+        floor_seconds: floor,
+        efficiency: floor / cold.as_secs_f64(),
+        cold_requests,
+        steady_period_seconds: period.as_secs_f64(),
+        steady_requests,
+        steady_kube_writes,
+        drift_deleted: deleted.len(),
+        drift_seconds: drift_time.as_secs_f64(),
+        drift_requests,
+        churn_grants: churned.len(),
+        churn_seconds: churn_time.as_secs_f64(),
+        churn_requests,
+        cold_kube_writes,
+        peak_rss_bytes: peak_rss,
+        bytes_per_grant: peak_rss as f64 / n as f64,
+        cpu_seconds: cpu,
+    })
+}
+
+// ---------- output ----------
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn table(rows: &[Row], options: &Options) -> String {
+    let mut out = String::new();
+    let throttling =
+        if options.no_throttling { "off".to_owned() } else { format!("Azure's buckets × {}", options.throttle_scale) };
+    out.push_str(&format!(
+        "ARM latency {} ± {} ms · throttling {throttling} · resync interval {:?}\n\n",
+        options.latency_ms, options.jitter_ms, options.resync_interval
+    ));
+    out.push_str("| N | scopes | assignments | cold (s) | floor (s) | efficiency | cold ARM reads / writes / 429 | K8s writes cold | steady ARM reads / writes | steady K8s writes | drift healed (s) | drift ARM reads / writes | churn (s) | churn ARM reads / writes | peak RSS (MiB) | bytes/grant | CPU (s) |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} / {} / {} | {} | {} / {} | {} | {} in {:.1} | {} / {} | {:.1} | {} / {} | {:.1} | {:.0} | {:.1} |\n",
+            r.grants,
+            r.scopes,
+            r.unique_assignments,
+            r.cold_seconds,
+            r.floor_seconds,
+            r.efficiency,
+            r.cold_requests.reads,
+            r.cold_requests.writes,
+            r.cold_requests.throttled,
+            r.cold_kube_writes,
+            r.steady_requests.reads,
+            r.steady_requests.writes + r.steady_requests.deletes,
+            r.steady_kube_writes,
+            r.drift_deleted,
+            r.drift_seconds,
+            r.drift_requests.reads,
+            r.drift_requests.writes,
+            r.churn_seconds,
+            r.churn_requests.reads,
+            r.churn_requests.writes + r.churn_requests.deletes,
+            mib(r.peak_rss_bytes),
+            r.bytes_per_grant,
+            r.cpu_seconds,
+        ));
+    }
+    out.push_str("\nARM requests by operation:\n\n| N | phase | requests |\n|---|---|---|\n");
+    for r in rows {
+        for (phase, req) in [
+            ("cold", &r.cold_requests),
+            ("steady", &r.steady_requests),
+            ("drift", &r.drift_requests),
+            ("churn", &r.churn_requests),
+        ] {
+            let ops: Vec<String> = req.by_operation.iter().map(|(op, n)| format!("{op} {n}")).collect();
+            out.push_str(&format!("| {} | {phase} | {} |\n", r.grants, ops.join(", ")));
+        }
+    }
+    out
+}
+
+fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "cannot register the chart font".to_owned())?;
+    let root = BitMapBackend::new(path, (1100, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(550);
+    let max_n = rows.iter().map(|r| r.grants).max().unwrap_or(1) as f64 * 1.05;
+    let max_t = rows.iter().map(|r| r.cold_seconds.max(r.floor_seconds)).fold(1.0, f64::max) * 1.1;
+    let mut time = ChartBuilder::on(&left)
+        .caption("Cold convergence vs throttling floor", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_n, 0f64..max_t)
+        .map_err(|e| e.to_string())?;
+    time.configure_mesh().x_desc("grants").y_desc("seconds").draw().map_err(|e| e.to_string())?;
+    time.draw_series(LineSeries::new(rows.iter().map(|r| (r.grants as f64, r.cold_seconds)), BLUE.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label("measured")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    time.draw_series(rows.iter().map(|r| Circle::new((r.grants as f64, r.cold_seconds), 4, BLUE.filled())))
+        .map_err(|e| e.to_string())?;
+    time.draw_series(LineSeries::new(rows.iter().map(|r| (r.grants as f64, r.floor_seconds)), RED.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label("throttling floor")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    time.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| e.to_string())?;
+
+    let max_r = rows
+        .iter()
+        .map(|r| (r.cold_requests.reads + r.cold_requests.writes + r.cold_requests.deletes) as f64)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut requests = ChartBuilder::on(&right)
+        .caption("ARM requests to converge", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_n, 0f64..max_r)
+        .map_err(|e| e.to_string())?;
+    requests.configure_mesh().x_desc("grants").y_desc("requests").draw().map_err(|e| e.to_string())?;
+    for (label, color, value) in [
+        ("writes (PUT)", BLUE, Box::new(|r: &Row| r.cold_requests.writes as f64) as Box<dyn Fn(&Row) -> f64>),
+        ("reads", GREEN, Box::new(|r: &Row| r.cold_requests.reads as f64)),
+        ("assignments needed", RED, Box::new(|r: &Row| r.unique_assignments as f64)),
+    ] {
+        requests
+            .draw_series(LineSeries::new(rows.iter().map(|r| (r.grants as f64, value(r))), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    requests.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn main() {
+    let options = Options::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = Vec::new();
+    for &n in &options.grants {
+        eprintln!("converge: N = {n} …");
+        match runtime.block_on(run_one(n, &options)) {
+            Ok(row) => {
+                eprintln!(
+                    "converge: N = {n}: cold {:.1} s (floor {:.1} s, efficiency {:.2}), peak RSS {:.1} MiB",
+                    row.cold_seconds,
+                    row.floor_seconds,
+                    row.efficiency,
+                    mib(row.peak_rss_bytes)
+                );
+                rows.push(row);
+            }
+            Err(e) => {
+                eprintln!("converge: N = {n} failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let report = table(&rows, &options);
+    println!("{report}");
+    let write = || -> Result<(), String> {
+        std::fs::create_dir_all(&options.out).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&json!({
+            "options": {"grants": options.grants, "throttleScale": options.throttle_scale, "throttling": !options.no_throttling,
+                        "latencyMs": options.latency_ms, "jitterMs": options.jitter_ms, "resyncIntervalSeconds": options.resync_interval.as_secs_f64()},
+            "rows": rows,
+        }))
+        .map_err(|e| e.to_string())?;
+        std::fs::write(options.out.join("converge.json"), json).map_err(|e| e.to_string())?;
+        std::fs::write(options.out.join("converge.md"), &report).map_err(|e| e.to_string())?;
+        chart(&rows, &options.out.join("converge.png"))
+    };
+    if let Err(e) = write() {
+        eprintln!("converge: cannot write the report: {e}");
+        std::process::exit(1);
+    }
+    eprintln!("converge: wrote {}", options.out.join("converge.{json,md,png}").display());
+}

@@ -1,0 +1,388 @@
+//! Client-side pacing from ARM's throttling headers.
+//!
+//! ARM meters every subscription with token buckets (reads, writes, deletes) and reports what is
+//! left in `x-ms-ratelimit-remaining-subscription-{reads,writes,deletes}` on each response. Once
+//! a bucket runs dry every further request is a 429, and a client that keeps firing only burns
+//! requests (and, on real Azure, can extend the penalty). So the operator spends the burst freely
+//! and, when the bucket is nearly empty, sends requests no faster than the bucket refills: the
+//! refill rate is learned from the headers themselves (remaining tokens over time, corrected for
+//! the requests drawn meanwhile), and a 429's `Retry-After` holds every request of that bucket,
+//! not only the one that got it.
+//!
+//! [`PaceBook`] holds the decisions and is pure (time is passed in) so it is unit-tested without
+//! a server; [`PacingPolicy`] plugs it into azure_core's pipeline as a per-try policy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{Context, Request};
+
+/// Which bucket a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BucketClass {
+    Reads,
+    Writes,
+    Deletes,
+}
+
+impl BucketClass {
+    /// The bucket of an HTTP method.
+    pub fn of_method(method: &str) -> Self {
+        match method.to_ascii_uppercase().as_str() {
+            "GET" | "HEAD" => BucketClass::Reads,
+            "DELETE" => BucketClass::Deletes,
+            _ => BucketClass::Writes,
+        }
+    }
+
+    /// The header ARM reports this bucket's remaining budget in.
+    pub fn header(self) -> &'static str {
+        match self {
+            BucketClass::Reads => "x-ms-ratelimit-remaining-subscription-reads",
+            BucketClass::Writes => "x-ms-ratelimit-remaining-subscription-writes",
+            BucketClass::Deletes => "x-ms-ratelimit-remaining-subscription-deletes",
+        }
+    }
+}
+
+/// A bucket: the subscription (lower case; `tenant` for tenant-level calls) and the class.
+pub type BucketKey = (String, BucketClass);
+
+/// The bucket key of a request to `path` with `method`.
+pub fn bucket_key(method: &str, path: &str) -> BucketKey {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let subscription = loop {
+        match segments.next() {
+            Some(s) if s.eq_ignore_ascii_case("subscriptions") => {
+                break segments.next().map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
+            }
+            Some(_) => continue,
+            None => break "tenant".to_owned(),
+        }
+    };
+    (subscription, BucketClass::of_method(method))
+}
+
+/// Below this many estimated tokens the bucket is paced; above it requests go at once.
+const PACE_BELOW: f64 = 1.0;
+/// Shortest window over which a refill rate is measured (the headers count whole tokens).
+const MIN_SAMPLE_WINDOW: Duration = Duration::from_secs(2);
+/// When nothing was learned yet: assume a slow bucket rather than hammer an empty one.
+const UNKNOWN_RATE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    remaining: f64,
+    drawn_since: f64,
+}
+
+/// What the pacer knows about one bucket.
+#[derive(Debug, Clone)]
+struct BucketState {
+    /// Last reported remaining tokens, and when.
+    remaining: f64,
+    at: Instant,
+    /// Largest remaining ever reported (≈ the burst size): refill stops there.
+    largest: f64,
+    /// Learned refill, tokens per second.
+    rate: Option<f64>,
+    /// Start of the current rate measurement.
+    sample: Option<Sample>,
+    /// Requests sent whose responses have not arrived (each will draw a token).
+    in_flight: f64,
+    /// Nothing is sent before this (a 429's Retry-After).
+    blocked_until: Option<Instant>,
+    /// When paced, the next free send slot.
+    next_slot: Option<Instant>,
+}
+
+/// The pacer's decision for one request; either way the request is counted in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Send now.
+    Go,
+    /// Send after this long: the slot is reserved, do not ask again (only a 429 arriving
+    /// meanwhile holds it longer, see [`PaceBook::held`]).
+    After(Duration),
+}
+
+/// Pacing state for every bucket one client draws from.
+#[derive(Debug, Default)]
+pub struct PaceBook {
+    buckets: HashMap<BucketKey, BucketState>,
+}
+
+impl BucketState {
+    fn estimate(&self, now: Instant) -> f64 {
+        let refill = self.rate.unwrap_or(0.0) * now.saturating_duration_since(self.at).as_secs_f64();
+        (self.remaining + refill).min(self.largest) - self.in_flight
+    }
+}
+
+impl PaceBook {
+    /// Asks whether a request to `key` may go at `now`. `Go` counts it in flight; the caller
+    /// must report its outcome with [`PaceBook::observe`] (or [`PaceBook::abandon`]).
+    pub fn ask(&mut self, key: &BucketKey, now: Instant) -> Pace {
+        let asked = now;
+        let Some(state) = self.buckets.get_mut(key) else {
+            // Nothing known yet: the first response tells us.
+            return Pace::Go;
+        };
+        let held = state.blocked_until.filter(|until| *until > now);
+        if held.is_none() {
+            state.blocked_until = None;
+        }
+        let now = held.unwrap_or(now);
+        let estimate = state.estimate(now);
+        if estimate >= PACE_BELOW {
+            state.next_slot = None;
+            state.in_flight += 1.0;
+            return if now > asked { Pace::After(now - asked) } else { Pace::Go };
+        }
+        // Nearly empty: one request per refilled token, in order of asking.
+        let spacing = state.rate.map_or(UNKNOWN_RATE_WAIT, |r| Duration::from_secs_f64(1.0 / r.max(0.01)));
+        let earliest = match state.rate {
+            Some(rate) => now + Duration::from_secs_f64(((PACE_BELOW - estimate) / rate.max(0.01)).max(0.0)),
+            None => now + UNKNOWN_RATE_WAIT,
+        };
+        let slot = state.next_slot.map_or(earliest, |s| s.max(earliest));
+        state.next_slot = Some(slot + spacing);
+        state.in_flight += 1.0;
+        Pace::After(slot.saturating_duration_since(asked))
+    }
+
+    /// How much longer a 429 holds `key`'s bucket, if it does.
+    pub fn held(&self, key: &BucketKey, now: Instant) -> Option<Duration> {
+        self.buckets.get(key)?.blocked_until.filter(|until| *until > now).map(|until| until - now)
+    }
+
+    /// Records a response: the remaining budget ARM reported (if it did) and whether it was
+    /// throttled with a `Retry-After`.
+    pub fn observe(
+        &mut self,
+        key: &BucketKey,
+        now: Instant,
+        remaining: Option<f64>,
+        throttled: Option<Duration>,
+        counted_in_flight: bool,
+    ) {
+        let state = self.buckets.entry(key.clone()).or_insert_with(|| BucketState {
+            remaining: remaining.unwrap_or(0.0),
+            at: now,
+            largest: remaining.unwrap_or(0.0),
+            rate: None,
+            sample: None,
+            in_flight: 0.0,
+            blocked_until: None,
+            next_slot: None,
+        });
+        if counted_in_flight {
+            state.in_flight = (state.in_flight - 1.0).max(0.0);
+        }
+        if let Some(retry_after) = throttled {
+            // The bucket is empty: hold every request of it, not only this one.
+            let until = now + retry_after;
+            state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
+            state.remaining = 0.0;
+            state.at = now;
+            state.next_slot = None;
+            return;
+        }
+        let Some(remaining) = remaining else { return };
+        state.largest = state.largest.max(remaining);
+        // Learn the refill rate: tokens reported now − then, plus those drawn in between.
+        match &mut state.sample {
+            Some(sample) => {
+                sample.drawn_since += 1.0;
+                let window = now.saturating_duration_since(sample.at);
+                if window >= MIN_SAMPLE_WINDOW {
+                    // A bucket at its cap refills nothing; such windows say nothing about the rate.
+                    let below_cap = sample.remaining < state.largest * 0.9 && remaining < state.largest * 0.9;
+                    let refilled = remaining - sample.remaining + sample.drawn_since;
+                    if below_cap && refilled > 0.0 {
+                        let measured = refilled / window.as_secs_f64();
+                        state.rate = Some(state.rate.map_or(measured, |r| 0.5 * r + 0.5 * measured));
+                    }
+                    state.sample = Some(Sample { at: now, remaining, drawn_since: 0.0 });
+                }
+            }
+            None => state.sample = Some(Sample { at: now, remaining, drawn_since: 0.0 }),
+        }
+        state.remaining = remaining;
+        state.at = now;
+    }
+
+    /// A request counted in flight ended without a response (transport error).
+    pub fn abandon(&mut self, key: &BucketKey) {
+        if let Some(state) = self.buckets.get_mut(key) {
+            state.in_flight = (state.in_flight - 1.0).max(0.0);
+        }
+    }
+
+    /// The learned refill rate of a bucket (tokens per second), if any.
+    pub fn rate(&self, key: &BucketKey) -> Option<f64> {
+        self.buckets.get(key).and_then(|s| s.rate)
+    }
+}
+
+/// azure_core per-try policy applying a shared [`PaceBook`].
+#[derive(Debug, Default, Clone)]
+pub struct PacingPolicy {
+    book: Arc<Mutex<PaceBook>>,
+}
+
+impl PacingPolicy {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, PaceBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl Policy for PacingPolicy {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let key = bucket_key(request.method().as_ref(), request.url().path());
+        let Some((first, rest)) = next.split_first() else {
+            return Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Other,
+                "PacingPolicy must not be the last policy",
+            ));
+        };
+        let decision = self.book().ask(&key, Instant::now());
+        let counted = self.book().buckets.contains_key(&key);
+        if let Pace::After(wait) = decision {
+            tokio::time::sleep(wait).await;
+        }
+        // A 429 that arrived while this request waited holds it too.
+        loop {
+            let held = self.book().held(&key, Instant::now());
+            match held {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break,
+            }
+        }
+        let result = first.send(ctx, request, rest).await;
+        match &result {
+            Ok(response) => {
+                let header = |name: &'static str| response.headers().get_optional_str(&name.into()).map(str::to_owned);
+                let remaining = header(key.1.header()).and_then(|v| v.trim().parse::<f64>().ok());
+                let status = u16::from(response.status());
+                let throttled = (status == 429).then(|| {
+                    header("retry-after")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map_or(Duration::from_secs(1), Duration::from_secs)
+                });
+                self.book().observe(&key, Instant::now(), remaining, throttled, counted);
+            }
+            Err(_) if counted => self.book().abandon(&key),
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> BucketKey {
+        ("sub".into(), BucketClass::Writes)
+    }
+
+    #[test]
+    fn keys_come_from_the_path_and_method() {
+        assert_eq!(
+            bucket_key("PUT", "/subscriptions/ABC/resourceGroups/rg/providers/x"),
+            ("abc".into(), BucketClass::Writes)
+        );
+        assert_eq!(bucket_key("GET", "/providers/Microsoft.Authorization/roleDefinitions").0, "tenant");
+        assert_eq!(bucket_key("DELETE", "/subscriptions/").1, BucketClass::Deletes);
+    }
+
+    #[test]
+    fn a_full_bucket_is_spent_freely() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        book.observe(&key(), t0, Some(199.0), None, false);
+        for _ in 0..150 {
+            assert_eq!(book.ask(&key(), t0), Pace::Go);
+        }
+    }
+
+    #[test]
+    fn in_flight_requests_count_against_the_budget() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        book.observe(&key(), t0, Some(3.0), None, false);
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        assert!(matches!(book.ask(&key(), t0), Pace::After(_)));
+    }
+
+    #[test]
+    fn a_429_holds_the_whole_bucket_for_retry_after() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        book.observe(&key(), t0, Some(100.0), None, false);
+        book.observe(&key(), t0, None, Some(Duration::from_secs(3)), false);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(book.held(&key(), later), Some(Duration::from_secs(2)));
+        assert!(matches!(book.ask(&key(), later), Pace::After(d) if d >= Duration::from_secs(2)));
+        // Other buckets are not held.
+        assert_eq!(book.ask(&("sub".into(), BucketClass::Reads), t0), Pace::Go);
+    }
+
+    #[test]
+    fn the_refill_rate_is_learned_and_an_empty_bucket_is_paced_at_it() {
+        // Simulate a server bucket refilling 5 tokens/s, drained by one request every 0.1 s.
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        book.observe(&key(), t0, Some(200.0), None, false);
+        let mut server = 100.0f64;
+        let mut t = t0;
+        for _ in 0..60 {
+            t += Duration::from_millis(100);
+            server = server + 0.5 - 1.0;
+            book.observe(&key(), t, Some(server.floor()), None, false);
+        }
+        let rate = book.rate(&key()).expect("a rate");
+        assert!((rate - 5.0).abs() < 0.8, "learned {rate}");
+
+        // Empty: requests are spaced at about 1/rate, first come first served.
+        book.observe(&key(), t, Some(0.0), None, false);
+        let waits: Vec<Duration> = (0..4)
+            .map(|_| match book.ask(&key(), t) {
+                Pace::After(d) => d,
+                Pace::Go => Duration::ZERO,
+            })
+            .collect();
+        assert!(waits[0] > Duration::ZERO);
+        for pair in waits.windows(2) {
+            let gap = pair[1].saturating_sub(pair[0]).as_secs_f64();
+            assert!((gap - 1.0 / rate).abs() < 0.01, "gap {gap} for rate {rate}: {waits:?}");
+        }
+        // Once the bucket has refilled (and the reserved requests were answered), requests go
+        // at once again.
+        let later = t + Duration::from_secs(10);
+        for _ in 0..4 {
+            book.observe(&key(), later, Some(40.0), None, true);
+        }
+        assert_eq!(book.ask(&key(), later), Pace::Go);
+    }
+
+    #[test]
+    fn an_unknown_rate_waits_rather_than_hammers() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        book.observe(&key(), t0, Some(0.0), None, false);
+        assert_eq!(book.ask(&key(), t0), Pace::After(UNKNOWN_RATE_WAIT));
+    }
+}
