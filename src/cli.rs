@@ -116,21 +116,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `90`, `90s`, `15m`, `2h`.
+/// Parses `90`, `90s`, `500ms`, `15m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
     let n: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 30s, 10m or 1h"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(format!("'{text}': unknown unit '{unit}' (use s, m or h)")),
+    let millis = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
-    if seconds == 0 {
+    if millis == 0 {
         return Err("a duration must be longer than zero".into());
     }
-    Ok(std::time::Duration::from_secs(seconds))
+    Ok(std::time::Duration::from_millis(millis))
 }
 
 /// Errors a command can end with.
@@ -210,7 +211,9 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
         arm_endpoint: args.arm_endpoint.clone(),
         ca_file: args.azure_ca_file.clone(),
         auth: args.azure_auth,
-        authority_host: None,
+        // Sovereign clouds and the sandbox: the Entra host client-secret and workload-identity
+        // credentials use (azure_identity does not read this variable itself).
+        authority_host: std::env::var("AZURE_AUTHORITY_HOST").ok().filter(|h| !h.is_empty()),
         arm_policies: vec![std::sync::Arc::new(crate::telemetry::ArmMetricsPolicy { metrics: metrics.clone() })],
     };
     let arm = ArmClients::new(settings.clone(), operator_client(&settings)?);

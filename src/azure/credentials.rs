@@ -45,7 +45,7 @@ pub struct AzureSettings {
     /// Extra PEM CA bundle trusted for ARM and token requests.
     pub ca_file: Option<PathBuf>,
     pub auth: AuthMode,
-    /// Entra authority host; `None` reads `AZURE_AUTHORITY_HOST`, then public Azure.
+    /// Entra authority host; `None` is public Azure (`run` fills it from `AZURE_AUTHORITY_HOST`).
     pub authority_host: Option<String>,
     /// Extra per-try pipeline policies for ARM clients (metrics).
     pub arm_policies: Vec<Arc<dyn azure_core::http::policies::Policy>>,

@@ -128,6 +128,8 @@ pub async fn start(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
         ("IDENTITY_HEADER".to_owned(), identity_header),
         ("AZURE_TENANT_ID".to_owned(), estate.tenant_id.clone()),
         ("AZURE_SUBSCRIPTION_ID".to_owned(), estate.subscription_id.clone()),
+        // Entra for client-secret and workload-identity credentials (per-grant Secrets).
+        ("AZURE_AUTHORITY_HOST".to_owned(), arm.url().to_owned()),
     ];
     let azure_env = options.dir.join("azure.env");
     write(&azure_env, &env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>())?;
