@@ -553,3 +553,51 @@ async fn a_token_endpoint_outage_fails_calls_until_it_ends() {
     f.arm.emulator.set_faults(FaultConfig::default());
     client.get_workspace(&ws).await.expect("tokens again");
 }
+
+#[tokio::test]
+async fn hostile_responses_are_errors_never_panics_or_hangs() {
+    use dbx_identity_operator::sandbox::arm::HostileResponse;
+    let f = fixture_with(StateConfig::default(), ThrottleConfig { enabled: false, ..ThrottleConfig::default() }).await;
+    let client = f.no_retry_client();
+    let workspace = ResourceId::parse(&f.estate.workspaces[0].id).expect("id");
+    for mode in [
+        HostileResponse::TruncatedJson,
+        HostileResponse::WrongTypes,
+        HostileResponse::MissingFields,
+        HostileResponse::ErrorBodyWith200,
+        HostileResponse::EndlessPagination,
+    ] {
+        f.arm.emulator.set_faults(FaultConfig { hostile: Some(mode), ..FaultConfig::default() });
+        let bounded = Duration::from_secs(60);
+        let list = tokio::time::timeout(bounded, client.list_role_assignments_at_scope(&f.lake()))
+            .await
+            .unwrap_or_else(|_| panic!("{mode:?}: the list did not finish within {bounded:?}"));
+        let expected_code =
+            if mode == HostileResponse::EndlessPagination { "EndlessPagination" } else { "InvalidResponse" };
+        match list {
+            Err(e) => assert_eq!(e.code(), expected_code, "{mode:?}: {e}"),
+            Ok(items) => panic!("{mode:?}: a mangled list was accepted ({} items)", items.len()),
+        }
+        if mode == HostileResponse::EndlessPagination {
+            continue;
+        }
+        let get = tokio::time::timeout(bounded, client.get_workspace(&workspace)).await.expect("no hang");
+        // Missing properties on a GET read as defaults (Azure omits empty ones); the rest fail.
+        if mode != HostileResponse::MissingFields {
+            let e = get.expect_err(&format!("{mode:?}: a mangled workspace was accepted"));
+            assert_eq!(e.code(), "InvalidResponse", "{mode:?}: {e}");
+            assert!(!e.to_string().is_empty());
+        }
+        // A fresh principal each time: the server did create the earlier ones.
+        let principal = uuid::Uuid::new_v4().to_string();
+        f.arm.emulator.state().add_principal(&principal, Duration::from_secs(86_400));
+        let put =
+            tokio::time::timeout(bounded, client.put_role_assignment(&f.lake(), &name(), props(READER, &principal)))
+                .await
+                .expect("no hang");
+        let e = put.expect_err(&format!("{mode:?}: a mangled PUT response was accepted"));
+        assert_eq!(e.code(), "InvalidResponse", "{mode:?}: {e}");
+    }
+    // The endless list stopped at the page cap rather than running on.
+    assert!(f.arm.emulator.count("ListRoleAssignments") <= 1000 + 10);
+}

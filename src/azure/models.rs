@@ -170,7 +170,8 @@ pub struct RoleAssignmentCreate {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListResult<T> {
-    #[serde(default = "Vec::new")]
+    /// Required: a "list" without it is a broken response, not an empty list (reading it as
+    /// empty would look like every assignment vanished).
     pub value: Vec<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,

@@ -46,6 +46,24 @@ pub struct FaultConfig {
     /// Hostile pagination: `nextLink`s point to this origin (e.g. `https://attacker.example`)
     /// instead of the emulator's, as a compromised or buggy server might.
     pub next_link_origin: Option<String>,
+    /// Successful ARM responses are mangled this way (a broken proxy, a buggy API version).
+    pub hostile: Option<HostileResponse>,
+}
+
+/// Ways a server (or something between) can answer badly with a success status.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HostileResponse {
+    /// The body is cut off halfway.
+    TruncatedJson,
+    /// Every string in the body becomes a number.
+    WrongTypes,
+    /// `properties` (and `value` of lists) are missing.
+    MissingFields,
+    /// Status 200 carrying ARM's error shape.
+    ErrorBodyWith200,
+    /// Lists never end: every page is empty and links to another page.
+    EndlessPagination,
 }
 
 /// How to start the emulator.

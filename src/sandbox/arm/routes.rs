@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::state::{ArmFailure, AssignmentFilter};
 use super::throttle::{Draw, RequestClass, ThrottleConfig};
-use super::{Emulator, FaultConfig, lock};
+use super::{Emulator, FaultConfig, HostileResponse, lock};
 use crate::azure::models::api_version;
 use crate::azure::resource_id::ResourceId;
 
@@ -438,7 +438,10 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
     };
     let mut response = match result {
         Ok((204, _)) => StatusCode::NO_CONTENT.into_response(),
-        Ok((status, body)) => json_response(status, &body),
+        Ok((status, body)) => match faults.hostile {
+            Some(mode) => hostile_response(mode, status, body, &link_origin, path, &query),
+            None => json_response(status, &body),
+        },
         Err(f) => failure(&f),
     };
     let status = response.status().as_u16();
@@ -490,6 +493,62 @@ fn page(origin: &str, path: &str, query: &HashMap<String, String>, items: Vec<Va
         body["nextLink"] = json!(format!("{origin}{path}?{encoded}"));
     }
     body
+}
+
+/// Mangles a successful response the way `mode` says.
+fn hostile_response(
+    mode: HostileResponse,
+    status: u16,
+    body: Value,
+    origin: &str,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Response {
+    fn strings_to_numbers(v: &mut Value) {
+        match v {
+            Value::String(_) => *v = json!(42),
+            Value::Array(items) => items.iter_mut().for_each(strings_to_numbers),
+            Value::Object(map) => map.values_mut().for_each(strings_to_numbers),
+            _ => {}
+        }
+    }
+    match mode {
+        HostileResponse::TruncatedJson => {
+            let text = body.to_string();
+            let cut: String = text.chars().take(text.chars().count() / 2).collect();
+            let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), cut).into_response();
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+            response
+        }
+        HostileResponse::WrongTypes => {
+            let mut body = body;
+            strings_to_numbers(&mut body);
+            json_response(status, &body)
+        }
+        HostileResponse::MissingFields => {
+            let mut body = body;
+            if let Some(map) = body.as_object_mut() {
+                map.remove("properties");
+                map.remove("value");
+            }
+            json_response(status, &body)
+        }
+        HostileResponse::ErrorBodyWith200 => json_response(
+            200,
+            &json!({"error": {"code": "InternalServerError", "message": "Encountered internal server error."}}),
+        ),
+        HostileResponse::EndlessPagination => {
+            if body.get("value").is_none() {
+                return json_response(status, &body);
+            }
+            let skip: u64 = query.get("$skipToken").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mut next: Vec<(String, String)> =
+                query.iter().filter(|(k, _)| k.as_str() != "$skipToken").map(|(k, v)| (k.clone(), v.clone())).collect();
+            next.push(("$skipToken".into(), (skip + 1).to_string()));
+            let encoded = serde_urlencoded::to_string(&next).unwrap_or_default();
+            json_response(status, &json!({"value": [], "nextLink": format!("{origin}{path}?{encoded}")}))
+        }
+    }
 }
 
 // ----- admin API -----
