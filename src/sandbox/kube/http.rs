@@ -142,7 +142,14 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
         (&Method::DELETE, Some(_), _) => "delete",
         _ => "unknown",
     };
+    let user = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("anonymous")
+        .to_owned();
     emulator.log(RequestRecord {
+        user,
         verb: verb.into(),
         group: target.ty.group.clone(),
         resource: target.ty.plural.clone(),

@@ -37,6 +37,9 @@ pub struct KubeFaults {
 /// One request as RBAC sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestRecord {
+    /// Who asked: the bearer token of the request (the emulator does not authenticate, so a
+    /// kubeconfig's token serves as a user name), or `anonymous`.
+    pub user: String,
     pub verb: String,
     pub group: String,
     pub resource: String,
@@ -126,6 +129,11 @@ impl KubeEmulator {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: dbx-sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: dbx-sandbox\n  context:\n    cluster: dbx-sandbox\n    user: dbx-sandbox\n    namespace: default\ncurrent-context: dbx-sandbox\nusers:\n- name: dbx-sandbox\n  user: {{}}\n",
             self.url()
         )
+    }
+
+    /// A kubeconfig that identifies its requests as `user` in the request log.
+    pub fn kubeconfig_for(&self, user: &str) -> String {
+        self.kubeconfig().replace("  user: {}\n", &format!("  user:\n    token: {user}\n"))
     }
 
     /// A kube client for this server.

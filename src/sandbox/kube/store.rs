@@ -358,6 +358,7 @@ impl Store {
         if !object.is_object() {
             return Err(StatusError::new(400, "BadRequest", "the body must be a JSON object"));
         }
+        fold_string_data(ty, &mut object);
         if meta_str(&object, "name").is_none()
             && let Some(prefix) = meta_str(&object, "generateName")
         {
@@ -421,6 +422,8 @@ impl Store {
             ));
         }
         let old = self.get(ty, namespace, name)?;
+        let mut incoming = incoming;
+        fold_string_data(ty, &mut incoming);
         if let Some(rv) = meta_str(&incoming, "resourceVersion")
             && Some(rv) != meta_str(&old, "resourceVersion")
         {
@@ -631,6 +634,24 @@ impl Store {
         }
         let backlog = self.history.iter().filter(|e| e.rv > rv).cloned().collect();
         Ok((backlog, self.events.subscribe()))
+    }
+}
+
+/// A Secret's write-only `stringData` is merged into `data` (base64) and dropped, as the API
+/// server does.
+fn fold_string_data(ty: &ResourceType, object: &mut Value) {
+    use base64::Engine;
+    if !(ty.group.is_empty() && ty.plural == "secrets") {
+        return;
+    }
+    let Some(map) = object.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default().to_owned();
+            data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
     }
 }
 
