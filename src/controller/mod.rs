@@ -71,6 +71,9 @@ impl Default for ControllerSettings {
     }
 }
 
+/// A grant's claims and the resourceVersion they were computed from.
+type ClaimsAt = (String, Arc<Vec<plan::Claim>>);
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
@@ -85,6 +88,10 @@ pub struct Context {
     namespaces: OnceLock<Store<Namespace>>,
     attempts: Mutex<HashMap<String, u32>>,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each grant's claimed assignments, by uid, with the resourceVersion they were read from.
+    claims: Mutex<HashMap<String, ClaimsAt>>,
+    /// One writer per assignment name: grants sharing a tuple must not PUT it twice at once.
+    writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
     triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
 }
@@ -116,7 +123,41 @@ impl Context {
             attempts: Mutex::default(),
             gates: Mutex::default(),
             triggers: Mutex::default(),
+            writers: Mutex::default(),
+            claims: Mutex::default(),
         }
+    }
+
+    /// The assignments `grant` claims, computed once per resourceVersion.
+    pub fn claims(&self, grant: &DatabricksIdentityGrant) -> Arc<Vec<plan::Claim>> {
+        let uid = grant.metadata.uid.clone().unwrap_or_default();
+        let version = grant.metadata.resource_version.clone().unwrap_or_default();
+        let mut cache = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, claims)) = cache.get(&uid)
+            && *v == version
+        {
+            return claims.clone();
+        }
+        let claims = Arc::new(reconcile::claims_of(grant));
+        // Drop entries of deleted grants now and then (the map only grows by one per grant).
+        if cache.len() > 1024 && cache.len() > 2 * self.grants().len() {
+            let live: std::collections::HashSet<String> =
+                self.grants().iter().filter_map(|g| g.metadata.uid.clone()).collect();
+            cache.retain(|uid, _| live.contains(uid));
+        }
+        cache.insert(uid, (version, claims.clone()));
+        claims
+    }
+
+    /// Waits until no other reconcile is writing the assignment `name`; the guard holds it.
+    pub async fn assignment_writer(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds or waits for.
+            writers.retain(|_, l| Arc::strong_count(l) > 1);
+            writers.entry(name.to_ascii_lowercase()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Wakes every grant that asks for, or manages, an assignment at one of `scopes`.
@@ -270,8 +311,9 @@ fn spawn_gauges(ctx: Arc<Context>) {
 /// one read per scope.
 fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let period = ctx.settings.resync_interval;
-        let tick = (period / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        // Due one tick early, so each scope is listed once per resync interval, never twice.
+        let tick = (ctx.settings.resync_interval / 50).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period = ctx.settings.resync_interval.saturating_sub(tick);
         let stopped = shutdown_signal(shutdown).shared();
         loop {
             tokio::select! {
@@ -279,7 +321,7 @@ fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiv
                 () = stopped.clone() => break,
             }
             let arm = ctx.arm.operator().clone();
-            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period))
+            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period.max(tick)))
                 .map(|scope| {
                     let (ctx, arm) = (ctx.clone(), arm.clone());
                     async move {
@@ -358,14 +400,35 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             ctx.triggers.lock().unwrap_or_else(|p| p.into_inner()).push((ns.clone(), trigger));
             let controller =
                 Controller::new(api, watcher::Config::default()).with_config(config.clone()).reconcile_on(triggered);
-            // Policy or namespace-label changes re-reconcile the grants they may affect.
+            // Policy spec or namespace-label changes re-reconcile the grants they may affect;
+            // status writes (the operator's own, on policies) and other namespace edits do not.
             let (all, in_namespace) = (controller.store(), controller.store());
+            let policy_generations: Mutex<HashMap<String, Option<i64>>> = Mutex::default();
+            let namespace_labels: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>> = Mutex::default();
             controller
-                .watches(Api::<GrantPolicy>::all(ctx.client.clone()), watcher::Config::default(), move |_| {
-                    all.state().iter().map(|g| ObjectRef::from(g.as_ref())).collect::<Vec<_>>()
-                })
+                .watches(
+                    Api::<GrantPolicy>::all(ctx.client.clone()),
+                    watcher::Config::default(),
+                    move |p: GrantPolicy| {
+                        let name = p.metadata.name.clone().unwrap_or_default();
+                        let previous = policy_generations
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(name, p.metadata.generation);
+                        if previous == Some(p.metadata.generation) {
+                            return Vec::new();
+                        }
+                        all.state().iter().map(|g| ObjectRef::from(g.as_ref())).collect::<Vec<_>>()
+                    },
+                )
                 .watches(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default(), move |ns: Namespace| {
-                    let name = ns.metadata.name.unwrap_or_default();
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    let labels = ns.metadata.labels.clone().unwrap_or_default();
+                    let previous =
+                        namespace_labels.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), labels.clone());
+                    if previous.as_ref() == Some(&labels) {
+                        return Vec::new();
+                    }
                     in_namespace
                         .state()
                         .iter()

@@ -63,6 +63,16 @@ pub struct ObservedAssignment {
     pub description: Option<String>,
 }
 
+/// Whether our assignment `o` already carries everything `d` asks for (condition, its version,
+/// description); if not it is updated in place.
+pub fn is_as_desired(o: &ObservedAssignment, d: &DesiredAssignment) -> bool {
+    let wanted_version = d.condition.as_ref().map(|c| c.version.as_str());
+    o.name.eq_ignore_ascii_case(&d.name)
+        && o.condition.as_deref() == condition_text(&d.condition)
+        && o.condition_version.as_deref() == wanted_version
+        && o.description == d.description
+}
+
 impl ObservedAssignment {
     /// Parses an ARM assignment; `None` for bodies too broken to use (logged by the caller).
     pub fn from_arm(a: &RoleAssignment) -> Option<Self> {
@@ -114,6 +124,19 @@ pub struct Plan {
     /// Warnings for desired assignments, by index: a younger grant asks for the same tuple with
     /// another condition (this grant's condition is kept; both grants report it).
     pub notes: Vec<(usize, String)>,
+}
+
+/// One assignment a grant claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// Assignment name, lower case.
+    pub name: String,
+    /// The condition expression its spec asks for.
+    pub condition: Option<String>,
+    /// `namespace/name` of the grant.
+    pub grant: String,
+    /// Its creation timestamp (older grants win condition conflicts).
+    pub created: String,
 }
 
 /// What other live grants want, for sharing and conflicts.
@@ -168,14 +191,10 @@ pub fn plan(
         let step = match same_tuple {
             None => Step::Create { drift: managed.iter().any(|(_, m)| m.eq_ignore_ascii_case(&d.name)) },
             Some(o) if o.name.eq_ignore_ascii_case(&d.name) => {
-                let wanted_version = d.condition.as_ref().map(|c| c.version.as_str());
-                if o.condition.as_deref() != condition_text(&d.condition)
-                    || o.condition_version.as_deref() != wanted_version
-                    || o.description != d.description
-                {
-                    Step::Update
-                } else {
+                if is_as_desired(o, d) {
                     Step::InSync
+                } else {
+                    Step::Update
                 }
             }
             Some(o) => Step::Adopt {

@@ -2,7 +2,7 @@
 //! build the desired assignments → observe Azure → plan (pure, `plan.rs`) → act → status.
 //! Cleanup on deletion runs through kube-runtime's finalizer helper.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,10 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::conditions::{self, Decided};
-use super::plan::{DesiredAssignment, ObservedAssignment, OtherGrants, Step, assignment_id, assignment_name, plan};
+use super::plan::{
+    Claim, DesiredAssignment, ObservedAssignment, OtherGrants, Step, assignment_id, assignment_name, is_as_desired,
+    plan,
+};
 use super::resolve::Principal;
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
 use crate::api::{
@@ -235,35 +238,53 @@ fn entry(
     }
 }
 
-/// What other live grants want (from the Controller's caches, not from Azure).
-fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context) -> OtherGrants {
+/// The assignments one grant claims, from its status (what it resolved) and spec (conditions).
+pub(crate) fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
+    let Some(status) = &grant.status else { return Vec::new() };
+    let Some(principal) = &status.principal else { return Vec::new() };
+    let created = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    let mut claims = Vec::new();
+    for (i, ra) in status.role_assignments.iter().enumerate() {
+        // A grant that lost a condition conflict still wants the tuple (and takes it over when
+        // the older grant goes), so its claim counts too.
+        let lost_conflict = ra.reason.as_deref() == Some("ConflictingGrant");
+        if !lost_conflict
+            && !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted)
+        {
+            continue;
+        }
+        let (Some(role_id), Ok(scope)) = (&ra.role_definition_id, ResourceId::parse(&ra.scope)) else { continue };
+        let Some(guid) = ResourceId::parse(role_id).ok().and_then(|r| crate::azure::guid::parse_guid(r.name())) else {
+            continue;
+        };
+        claims.push(Claim {
+            name: assignment_name(&principal.principal_id, guid, &scope).to_ascii_lowercase(),
+            condition: grant.spec.role_assignments.get(i).and_then(|s| s.condition.clone()),
+            grant: key(grant),
+            created: created.clone(),
+        });
+    }
+    claims
+}
+
+/// What other live grants want among `relevant` assignment names (from the Controller's caches,
+/// not from Azure). Each grant's claims are computed once per resourceVersion, so this stays a
+/// cheap scan even with thousands of grants.
+fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context, relevant: &HashSet<String>) -> OtherGrants {
     let mut others = OtherGrants::default();
     let me = grant.meta().uid.clone();
     for other in ctx.grants() {
         if other.meta().uid == me || other.meta().deletion_timestamp.is_some() {
             continue;
         }
-        let Some(status) = &other.status else { continue };
-        let Some(principal) = &status.principal else { continue };
-        let created = other.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-        for (i, ra) in status.role_assignments.iter().enumerate() {
-            // A grant that lost a condition conflict still wants the tuple (and takes it over
-            // when the older grant goes), so its claim counts too.
-            let lost_conflict = ra.reason.as_deref() == Some("ConflictingGrant");
-            if !lost_conflict
-                && !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted)
-            {
-                continue;
-            }
-            let (Some(role_id), Ok(scope)) = (&ra.role_definition_id, ResourceId::parse(&ra.scope)) else { continue };
-            let Some(guid) = ResourceId::parse(role_id).ok().and_then(|r| crate::azure::guid::parse_guid(r.name()))
-            else {
-                continue;
-            };
-            let name = assignment_name(&principal.principal_id, guid, &scope);
-            let condition = other.spec.role_assignments.get(i).and_then(|s| s.condition.clone());
-            others.wanted.insert(name.clone());
-            others.claims.push((name, condition, key(&other), created.clone()));
+        for claim in ctx.claims(&other).iter().filter(|c| relevant.contains(&c.name)) {
+            others.wanted.insert(claim.name.clone());
+            others.claims.push((
+                claim.name.clone(),
+                claim.condition.clone(),
+                claim.grant.clone(),
+                claim.created.clone(),
+            ));
         }
     }
     others
@@ -430,7 +451,13 @@ async fn apply(
     let managed: Vec<(ResourceId, String)> =
         status.managed_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
     let created_at = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-    let others = other_grants(grant, ctx);
+    let relevant: HashSet<String> = desired
+        .iter()
+        .map(|d| d.name.to_ascii_lowercase())
+        .chain(managed.iter().map(|(_, name)| name.to_ascii_lowercase()))
+        .chain(observed.iter().map(|o| o.name.to_ascii_lowercase()))
+        .collect();
+    let others = other_grants(grant, ctx, &relevant);
     let the_plan = plan(&desired, &observed, &managed, &others, &created_at);
     let enforce = validated.management_policy == ManagementPolicy::Enforce;
 
@@ -507,9 +534,19 @@ async fn apply(
                 condition: d.condition.as_ref().map(|c| c.expression.clone()),
                 condition_version: d.condition.as_ref().map(|c| c.version.clone()),
             };
-            let result = {
-                let _permit = ctx.arm_permit(&d.scope).await;
-                arm.put_role_assignment(&d.scope, &d.name, properties).await
+            let _writer = ctx.assignment_writer(&d.name).await;
+            // A grant sharing this tuple may have written it while we waited.
+            let written_meanwhile = ctx
+                .scopes
+                .cached(&d.scope, &d.name)
+                .await
+                .filter(|a| ObservedAssignment::from_arm(a).is_some_and(|o| is_as_desired(&o, d)));
+            let result = match written_meanwhile {
+                Some(assignment) => Ok((assignment, false)),
+                None => {
+                    let _permit = ctx.arm_permit(&d.scope).await;
+                    arm.put_role_assignment(&d.scope, &d.name, properties).await
+                }
             };
             match result {
                 Ok((assignment, created)) => {
@@ -733,7 +770,19 @@ async fn finish(
         ctx.metrics.status_writes.inc();
     }
     let reference = grant.object_ref(&());
+    // One Event per reason per reconcile (notes joined): a grant with ten assignments makes one
+    // "Created" Event, not ten API writes.
+    let mut merged: Vec<(EventType, &'static str, String)> = Vec::new();
     for (type_, reason, note) in events {
+        match merged.iter_mut().find(|(t, r, _)| *t == type_ && *r == reason) {
+            Some((_, _, notes)) => {
+                notes.push_str("; ");
+                notes.push_str(&note);
+            }
+            None => merged.push((type_, reason, note)),
+        }
+    }
+    for (type_, reason, note) in merged {
         info!(grant = %key(grant), reason, %note, "event");
         let event = KubeEvent {
             type_,
@@ -759,7 +808,13 @@ async fn cleanup(
         return Ok(Action::await_change());
     }
     let previous = grant.status.clone().unwrap_or_default();
-    let others = other_grants(grant, ctx);
+    let relevant: HashSet<String> = previous
+        .managed_assignments
+        .iter()
+        .filter_map(|id| id.rsplit('/').next())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let others = other_grants(grant, ctx, &relevant);
     let arm = match validate_grant_spec(&grant.spec) {
         Ok(v) => arm_client(grant, &v, ctx).await.map_err(ReconcileError::Cleanup)?,
         Err(_) => ctx.arm.operator().clone(),

@@ -463,17 +463,14 @@ impl ScopeAssignments {
     }
 
     /// Scopes in use (a grant read them within two `period`s) whose list is at least `period`
-    /// old (spread by a per-scope offset of up to 10% so they do not all come due at once),
-    /// oldest first.
+    /// old, oldest first.
     pub fn due(&self, period: Duration) -> Vec<ResourceId> {
         let now = Instant::now();
         let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
         scopes.retain(|_, e| now.duration_since(e.used) < period * 2);
         let mut due: Vec<(Duration, ResourceId)> = scopes
-            .iter()
-            .filter_map(|(key, e)| {
-                let offset = f64::from(key.bytes().fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b))) / 255.0;
-                let period = period.mul_f64(1.0 - 0.1 * offset);
+            .values()
+            .filter_map(|e| {
                 // A scope the refresher could not read is left to the grants for a period.
                 if e.refreshed.is_some_and(|at| now.duration_since(at) < period) {
                     return None;
@@ -508,6 +505,13 @@ impl ScopeAssignments {
                 Err(e)
             }
         }
+    }
+
+    /// The cached assignment named `name` at `scope`, without reading Azure.
+    pub async fn cached(&self, scope: &ResourceId, name: &str) -> Option<RoleAssignment> {
+        let slot = self.slot(scope);
+        let guard = slot.lock().await;
+        guard.as_ref()?.assignments.iter().find(|a| a.name.eq_ignore_ascii_case(name)).cloned()
     }
 
     /// Records our own PUT in the cached list.
