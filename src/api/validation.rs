@@ -53,16 +53,30 @@ impl ValidationErrors {
     }
 }
 
+/// Errors reported per object; more are counted, not listed, so junk cannot make a status huge.
+const MAX_REPORTED_ERRORS: usize = 20;
+
 #[derive(Default)]
-struct Collector(Vec<FieldError>);
+struct Collector(Vec<FieldError>, usize);
 
 impl Collector {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        if self.0.len() < MAX_REPORTED_ERRORS {
+            self.0.push(FieldError { field: field.into(), message: message.into() });
+        } else {
+            self.1 += 1;
+        }
+    }
+
+    fn into_errors(mut self) -> ValidationErrors {
+        if self.1 > 0 {
+            self.0.push(FieldError { field: "spec".into(), message: format!("and {} more errors", self.1) });
+        }
+        ValidationErrors(self.0)
     }
 
     fn finish<T>(self, value: T) -> Result<T, ValidationErrors> {
-        if self.0.is_empty() { Ok(value) } else { Err(ValidationErrors(self.0)) }
+        if self.0.is_empty() { Ok(value) } else { Err(self.into_errors()) }
     }
 }
 
@@ -148,11 +162,16 @@ fn id_error(shared: &str, value: &str, e: &ResourceIdError) -> String {
 /// status message).
 fn truncate(value: &str) -> String {
     const MAX: usize = 120;
-    if value.chars().count() <= MAX {
-        value.to_owned()
-    } else {
-        format!("{}…", value.chars().take(MAX).collect::<String>())
-    }
+    // Control characters (NUL, escape sequences) are shown escaped, never written to a status.
+    let shown: String = value
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() { c.escape_default().collect() } else { vec![c] };
+            escaped
+        })
+        .collect();
+    if value.chars().nth(MAX).is_some() { format!("{shown}…") } else { shown }
 }
 
 fn typed_id(c: &mut Collector, field: &str, value: &str, resource_type: &str, shared: &str) -> Option<ResourceId> {
@@ -178,8 +197,10 @@ pub fn validate_grant_spec(spec: &DatabricksIdentityGrantSpec) -> Result<Validat
     if count == 0 || count > MAX_ROLE_ASSIGNMENTS as usize {
         c.push("spec.roleAssignments", format!("{ROLE_ASSIGNMENTS_COUNT_MSG}; it has {count}"));
     }
-    let mut assignments: Vec<ValidatedRoleAssignment> = Vec::with_capacity(count.min(MAX_ROLE_ASSIGNMENTS as usize));
-    for (i, ra) in spec.role_assignments.iter().enumerate() {
+    // Entries of an over-long list are not examined: the duplicate check is quadratic.
+    let examined = if count > MAX_ROLE_ASSIGNMENTS as usize { &[][..] } else { &spec.role_assignments[..] };
+    let mut assignments: Vec<ValidatedRoleAssignment> = Vec::with_capacity(examined.len());
+    for (i, ra) in examined.iter().enumerate() {
         if let Some(valid) = validate_role_assignment(&mut c, &format!("spec.roleAssignments[{i}]"), ra) {
             // Duplicates by meaning: a name and a GUID of one role are caught when resolved.
             if let Some(first) =
@@ -203,7 +224,7 @@ pub fn validate_grant_spec(spec: &DatabricksIdentityGrantSpec) -> Result<Validat
 
     // validate_identity pushed an error whenever it returned None.
     let Some(identity) = identity else {
-        return Err(ValidationErrors(c.0));
+        return Err(c.into_errors());
     };
     c.finish(ValidatedGrant {
         identity,
@@ -433,6 +454,7 @@ pub fn validate_policy_spec(spec: &GrantPolicySpec) -> Result<ValidatedPolicy, V
 fn validate_patterns(c: &mut Collector, field: &str, patterns: &[BoundedString]) -> Vec<Glob> {
     if patterns.is_empty() || patterns.len() > MAX_POLICY_ENTRIES as usize {
         c.push(field, format!("must have between 1 and {MAX_POLICY_ENTRIES} entries; it has {}", patterns.len()));
+        return Vec::new();
     }
     let mut globs = Vec::new();
     for (i, p) in patterns.iter().enumerate() {
