@@ -597,4 +597,165 @@ mod tests {
         .expect("selector");
         assert!(!selects(&other, &labels));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const IDENTITY_PATTERNS: [&str; 4] = [
+            "/subscriptions/*/resourceGroups/rg-analytics/providers/Microsoft.Databricks/**",
+            "/subscriptions/*/resourceGroups/rg-analytics/providers/Microsoft.Databricks/accessConnectors/*",
+            "/subscriptions/*/resourceGroups/rg-*/**",
+            "/principals/*",
+        ];
+        const SCOPE_PATTERNS: [&str; 4] = [
+            "/subscriptions/*/resourceGroups/rg-lake/**",
+            "/subscriptions/*/resourceGroups/rg-lake",
+            "/subscriptions/*/resourceGroups/*/providers/Microsoft.KeyVault/vaults/*",
+            "/subscriptions/*/**",
+        ];
+        const ROLE_PATTERNS: [&str; 4] = ["*", "Reader", READER, OWNER];
+        const IDENTITIES: [&str; 4] = [
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics/providers/Microsoft.Databricks/accessConnectors/ac1",
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics/providers/Microsoft.Databricks/workspaces/w1",
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics-evil/providers/Microsoft.Databricks/accessConnectors/ac1",
+            "/principals/0d7d4a3c-1111-4222-8333-944455566677",
+        ];
+        const SCOPES: [&str; 4] = [
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-lake",
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-lake-evil/providers/Microsoft.Storage/storageAccounts/s1",
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-vault/providers/Microsoft.KeyVault/vaults/kv1",
+            "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f",
+        ];
+
+        /// A random policy from small pattern universes, so matches and misses both occur often.
+        fn policy_spec() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::sample::subsequence(IDENTITY_PATTERNS.to_vec(), 1..=4),
+                prop::sample::subsequence(ROLE_PATTERNS.to_vec(), 1..=4),
+                prop::sample::subsequence(SCOPE_PATTERNS.to_vec(), 1..=4),
+                any::<bool>(),
+                prop::sample::select(vec!["Allow", "Warn", "Deny"]),
+                1u32..4,
+            )
+                .prop_map(|(identities, roles, scopes, privileged, data, max)| {
+                    json!({
+                        "namespaceSelector": {},
+                        "identities": identities,
+                        "roles": roles,
+                        "scopes": scopes,
+                        "allowPrivilegedRoles": privileged,
+                        "workspaceManagedIdentityDataRoles": data,
+                        "maxRoleAssignmentsPerGrant": max,
+                    })
+                })
+        }
+
+        /// (guid, name, actions, dataActions)
+        fn role() -> impl Strategy<Value = (&'static str, &'static str, Vec<Permission>)> {
+            prop::sample::select(vec![
+                (READER, "Reader", perms(&["*/read"], &[])),
+                (OWNER, "Owner", perms(&["*"], &[])),
+                (
+                    BLOB_READER,
+                    "Storage Blob Data Reader",
+                    perms(&["Microsoft.Storage/*/read"], &["Microsoft.Storage/*/read"]),
+                ),
+                // A renamed custom copy of Owner: privileged by its permissions.
+                ("11111111-2222-4333-8444-555555555555", "Reader", perms(&["Microsoft.Authorization/*"], &[])),
+            ])
+        }
+
+        /// Flips the ASCII case of the characters chosen by `mask`.
+        fn recase(text: &str, mask: u64) -> String {
+            text.chars()
+                .enumerate()
+                .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect()
+        }
+
+        /// An independent statement of "this one policy allows this request".
+        fn allows(p: &ValidatedPolicy, r: &Request<'_>) -> bool {
+            let privileged = r.role.is_privileged();
+            p.identities.iter().any(|g| g.matches(&r.identity))
+                && p.roles.iter().any(|pattern| match pattern {
+                    RolePattern::AnyRole => true,
+                    RolePattern::Role(RoleRef::Name(n)) => n.eq_ignore_ascii_case(r.role.name),
+                    RolePattern::Role(other) => other.guid() == Some(r.role.guid),
+                })
+                && p.scopes.iter().any(|g| g.matches(&r.scope.to_string()))
+                && (!privileged || p.allow_privileged_roles)
+                && !(r.workspace_managed_identity
+                    && has_data_actions(r.role.permissions)
+                    && p.workspace_managed_identity_data_roles == DataRolePolicy::Deny)
+                && r.position < p.max_role_assignments_per_grant
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn verdict_is_the_union_of_policies_and_ignores_order_and_case(
+                specs in prop::collection::vec(policy_spec(), 0..4),
+                identity in prop::sample::select(IDENTITIES.to_vec()),
+                scope in prop::sample::select(SCOPES.to_vec()),
+                (guid, name, permissions) in role(),
+                workspace_managed_identity in any::<bool>(),
+                position in 0usize..4,
+                mask in any::<u64>(),
+                mode in prop::sample::select(vec![PolicyMode::Require, PolicyMode::Permissive]),
+            ) {
+                let policies: Vec<ValidatedPolicy> = specs
+                    .iter()
+                    .map(|s| validate_policy_spec_json(s).map_err(|e| TestCaseError::fail(e.to_string())))
+                    .collect::<Result<_, _>>()?;
+                let names: Vec<String> = (0..policies.len()).map(|i| format!("p{i}")).collect();
+                let governing: Vec<Governing<'_>> =
+                    policies.iter().zip(&names).map(|(policy, name)| Governing { name, policy }).collect();
+                let scope_id = ResourceId::parse(scope).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let guid = Uuid::parse_str(guid).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let request = Request {
+                    identity: identity.to_owned(),
+                    workspace_managed_identity,
+                    role: RoleFacts { guid, name, permissions: &permissions },
+                    scope: &scope_id,
+                    position,
+                };
+                let verdict = evaluate(&governing, mode, &request);
+                let allowed = matches!(verdict, Verdict::Allowed { .. });
+
+                if governing.is_empty() {
+                    prop_assert_eq!(allowed, mode == PolicyMode::Permissive);
+                    return Ok(());
+                }
+                // Allowed exactly when some policy allows it on its own, and by that policy.
+                prop_assert_eq!(allowed, policies.iter().any(|p| allows(p, &request)));
+                if let Verdict::Allowed { by, .. } = &verdict {
+                    let i = names.iter().position(|n| n == by).ok_or_else(|| TestCaseError::fail("unknown policy"))?;
+                    prop_assert!(allows(&policies[i], &request));
+                }
+                // Privileged roles only ever pass a policy that opts in.
+                if allowed && request.role.is_privileged() {
+                    prop_assert!(policies.iter().any(|p| p.allow_privileged_roles));
+                }
+                // Order of policies does not change the outcome.
+                let reversed: Vec<Governing<'_>> = governing.iter().rev().cloned().collect();
+                prop_assert_eq!(matches!(evaluate(&reversed, mode, &request), Verdict::Allowed { .. }), allowed);
+                // Spelling the ids in another case does not change it either.
+                let recased_scope = ResourceId::parse(&recase(scope, mask)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let recased = Request { identity: recase(identity, !mask), scope: &recased_scope, ..request.clone() };
+                prop_assert_eq!(matches!(evaluate(&governing, mode, &recased), Verdict::Allowed { .. }), allowed);
+                // Adding a policy never takes an allowance away.
+                if allowed {
+                    let deny_all = validate_policy_spec_json(&json!({
+                        "namespaceSelector": {}, "identities": ["/nothing"], "roles": ["Reader"], "scopes": ["/nothing"],
+                    })).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let mut more = governing.clone();
+                    more.push(Governing { name: "deny-all", policy: &deny_all });
+                    let still = matches!(evaluate(&more, mode, &request), Verdict::Allowed { .. });
+                    prop_assert!(still, "adding a policy took an allowance away");
+                }
+            }
+        }
+    }
 }
