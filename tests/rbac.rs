@@ -33,10 +33,7 @@ impl Rule {
         let resource =
             if r.subresource.is_empty() { r.resource.clone() } else { format!("{}/{}", r.resource, r.subresource) };
         let in_scope = self.kind == "ClusterRole" || r.namespace == RELEASE_NAMESPACE;
-        in_scope
-            && self.groups.contains(&r.group)
-            && self.resources.contains(&resource)
-            && self.verbs.contains(&r.verb)
+        in_scope && self.groups.contains(&r.group) && self.resources.contains(&resource) && self.verbs.contains(&r.verb)
     }
 }
 
