@@ -65,6 +65,9 @@ struct Options {
     /// Where JSON, chart and operator logs go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Runs the operator under this command (e.g. `heaptrack -o target/bench/heap`) to profile it.
+    #[arg(long)]
+    wrap: Option<String>,
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -353,15 +356,18 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
-/// Peak RSS (VmHWM) in bytes and CPU seconds (user + system) of a process.
-fn process_usage(pid: u32) -> (u64, f64) {
+/// Peak RSS (VmHWM) and current RSS in bytes, and CPU seconds (user + system) of a process.
+fn process_usage(pid: u32) -> (u64, u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let hwm_kib = kib("VmHWM:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
@@ -369,7 +375,7 @@ fn process_usage(pid: u32) -> (u64, f64) {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY-free: sysconf is not exposed without libc; Linux's USER_HZ is 100.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
-    (hwm_kib * 1024, cpu)
+    (hwm_kib * 1024, kib("VmRSS:") * 1024, cpu)
 }
 
 // ---------- the run for one N ----------
@@ -396,6 +402,7 @@ struct Row {
     churn_requests: Requests,
     cold_kube_writes: usize,
     peak_rss_bytes: u64,
+    final_rss_bytes: u64,
     bytes_per_grant: f64,
     cpu_seconds: f64,
 }
@@ -420,7 +427,16 @@ struct Operator {
 impl Operator {
     fn start(sandbox: &Sandbox, options: &Options, log: &Path) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let child = Command::new(OPERATOR)
+        let mut command = match &options.wrap {
+            Some(wrap) => {
+                let mut parts = wrap.split_whitespace();
+                let mut command = Command::new(parts.next().unwrap_or("env"));
+                command.args(parts).arg(OPERATOR);
+                command
+            }
+            None => Command::new(OPERATOR),
+        };
+        let child = command
             .args(["run", "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-format", "json"])
             .arg("--resync-interval")
             .arg(format!("{}ms", options.resync_interval.as_millis()))
@@ -434,7 +450,7 @@ impl Operator {
         Ok(Operator { child })
     }
 
-    fn usage(&self) -> (u64, f64) {
+    fn usage(&self) -> (u64, u64, f64) {
         process_usage(self.child.id())
     }
 
@@ -544,8 +560,8 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let latency = Duration::from_millis(options.latency_ms);
     let floor = throttling_floor(&throttle, reads_needed, workload.unique_tuples as f64, latency);
 
-    // 2. Steady state: one full resync period (its upper jitter bound) with nothing changed.
-    let period = options.resync_interval.mul_f64(1.1);
+    // 2. Steady state: one full resync period with nothing changed.
+    let period = options.resync_interval;
     let kube1 = kube_log_len(&sandbox);
     tokio::time::sleep(period).await;
     operator.check_alive()?;
@@ -612,7 +628,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
 
     // 5. Resources for the whole run.
     operator.check_alive()?;
-    let (peak_rss, cpu) = operator.usage();
+    let (peak_rss, final_rss, cpu) = operator.usage();
     drop(operator);
     sandbox.shutdown().await;
     Ok(Row {
@@ -636,6 +652,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         churn_requests,
         cold_kube_writes,
         peak_rss_bytes: peak_rss,
+        final_rss_bytes: final_rss,
         bytes_per_grant: peak_rss as f64 / n as f64,
         cpu_seconds: cpu,
     })
@@ -655,11 +672,11 @@ fn table(rows: &[Row], options: &Options) -> String {
         "ARM latency {} ± {} ms · throttling {throttling} · resync interval {:?}\n\n",
         options.latency_ms, options.jitter_ms, options.resync_interval
     ));
-    out.push_str("| N | scopes | assignments | cold (s) | floor (s) | efficiency | cold ARM reads / writes / 429 | K8s writes cold | steady ARM reads / writes | steady K8s writes | drift healed (s) | drift ARM reads / writes | churn (s) | churn ARM reads / writes | peak RSS (MiB) | bytes/grant | CPU (s) |\n");
+    out.push_str("| N | scopes | assignments | cold (s) | floor (s) | efficiency | cold ARM reads / writes / 429 | K8s writes cold | steady ARM reads / writes | steady K8s writes | drift healed (s) | drift ARM reads / writes | churn (s) | churn ARM reads / writes | peak / final RSS (MiB) | bytes/grant | CPU (s) |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} / {} / {} | {} | {} / {} | {} | {} in {:.1} | {} / {} | {:.1} | {} / {} | {:.1} | {:.0} | {:.1} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} / {} / {} | {} | {} / {} | {} | {} in {:.1} | {} / {} | {:.1} | {} / {} | {:.1} / {:.1} | {:.0} | {:.1} |\n",
             r.grants,
             r.scopes,
             r.unique_assignments,
@@ -681,6 +698,7 @@ fn table(rows: &[Row], options: &Options) -> String {
             r.churn_requests.reads,
             r.churn_requests.writes + r.churn_requests.deletes,
             mib(r.peak_rss_bytes),
+            mib(r.final_rss_bytes),
             r.bytes_per_grant,
             r.cpu_seconds,
         ));
