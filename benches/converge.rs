@@ -91,6 +91,8 @@ struct Workload {
     scopes: Vec<(String, ScopeKind)>,
     /// Distinct (principal, role, scope): the PUTs convergence needs.
     unique_tuples: usize,
+    /// Distinct tuples and scopes per subscription (each has its own throttling buckets).
+    per_subscription: BTreeMap<String, (usize, usize)>,
     identities: usize,
     role_names: BTreeSet<String>,
 }
@@ -128,9 +130,28 @@ fn build_workload(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Work
     let rg = |name: String| ResourceId::resource_group(&sub, &name);
     let old = Duration::from_secs(86_400);
 
-    // Scopes across 10 resource groups.
+    // Azure allows 4000 role assignments per subscription, so a large estate's data lives in
+    // several: one data subscription per 1500 grants (about 2650 assignments), the first being
+    // the sandbox's. The operator holds User Access Administrator in each.
+    let data_subscriptions: Vec<String> = std::iter::once(sub.clone())
+        .chain(
+            (1..n.div_ceil(1500))
+                .map(|k| uuid::Uuid::from_u128(0x6f1c7d2e_0000_4000_8000_000000000000 + k as u128).to_string()),
+        )
+        .collect();
+    let uaa = state.role_guid_by_name("User Access Administrator");
+    for extra in &data_subscriptions[1..] {
+        state.add_subscription(extra);
+        if let Some(uaa) = uaa {
+            state.assign_out_of_band(&ResourceId::subscription(extra), uaa, &sandbox.estate.operator_principal_id);
+        }
+    }
+
+    // Scopes across 10 resource groups per data subscription.
     let mut scope_list = Vec::new();
     for i in 0..scopes {
+        let data_sub = &data_subscriptions[i % data_subscriptions.len()];
+        let rg = |name: String| ResourceId::resource_group(data_sub, &name);
         let group = rg(format!("rg-data-{}", i % 10));
         let (id, kind) = match i % 20 {
             0..=11 => (
@@ -160,7 +181,7 @@ fn build_workload(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Work
         state.add_custom_role(
             name,
             vec![Permission { actions, data_actions, ..Permission::default() }],
-            vec![ResourceId::subscription(&sub)],
+            data_subscriptions.iter().map(|s| ResourceId::subscription(s)).collect(),
         );
     }
 
@@ -260,7 +281,22 @@ fn build_workload(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Work
         .collect();
     let role_names = grants.iter().flat_map(|g| g.assignments.iter().map(|(r, _)| r.clone())).collect();
     let used_identities: BTreeSet<&String> = grants.iter().map(|g| &g.principal).collect();
-    Workload { unique_tuples: unique.len(), identities: used_identities.len(), grants, scopes: scope_list, role_names }
+    let subscription_of = |scope: &str| scope.split('/').nth(2).unwrap_or_default().to_ascii_lowercase();
+    let mut per_subscription: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (_, _, scope) in &unique {
+        per_subscription.entry(subscription_of(scope)).or_default().0 += 1;
+    }
+    for (scope, _) in &scope_list {
+        per_subscription.entry(subscription_of(scope)).or_default().1 += 1;
+    }
+    Workload {
+        unique_tuples: unique.len(),
+        per_subscription,
+        identities: used_identities.len(),
+        grants,
+        scopes: scope_list,
+        role_names,
+    }
 }
 
 fn grant_object(plan: &GrantPlan) -> Value {
@@ -504,7 +540,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
             "namespaceSelector": {"matchLabels": {"dbx-operator.io/team": "bench"}},
             "identities": [format!("/subscriptions/{}/**", sandbox.estate.subscription_id)],
             "roles": roles,
-            "scopes": [format!("/subscriptions/{}/**", sandbox.estate.subscription_id)],
+            "scopes": workload.per_subscription.keys().map(|s| format!("/subscriptions/{s}/**")).collect::<Vec<_>>(),
             "maxRoleAssignmentsPerGrant": 10,
         }
     });
@@ -556,9 +592,18 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let stats1 = sandbox.arm.emulator.stats();
     let cold_requests = requests_between(&stats0, &stats1);
     let cold_kube_writes = kube_writes_since(&sandbox, kube0, 0);
-    let reads_needed = (workload.scopes.len() + workload.identities + workload.role_names.len()) as f64;
+    // Each subscription's buckets bound it separately; identity and role reads land on the
+    // sandbox's own subscription.
     let latency = Duration::from_millis(options.latency_ms);
-    let floor = throttling_floor(&throttle, reads_needed, workload.unique_tuples as f64, latency);
+    let home = sandbox.estate.subscription_id.to_ascii_lowercase();
+    let floor = workload
+        .per_subscription
+        .iter()
+        .map(|(subscription, (writes, scopes))| {
+            let extra = if *subscription == home { workload.identities + workload.role_names.len() } else { 0 };
+            throttling_floor(&throttle, (scopes + extra) as f64, *writes as f64, latency)
+        })
+        .fold(0.0, f64::max);
 
     // 2. Steady state: one full resync period with nothing changed.
     let period = options.resync_interval;
