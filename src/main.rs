@@ -5,6 +5,7 @@ use dbx_identity_operator::cli::{Cli, run};
 
 // glibc's malloc kept the operator's RSS well above its live heap after converging thousands of
 // grants (fragmentation across arenas); jemalloc returns freed pages (docs/benchmarks.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -3,8 +3,10 @@
 //! - `reconcile.rs`: one reconcile (I/O, in the order resolve → validate → desired → act → status);
 //! - `plan.rs`: the pure decisions (assignment names, desired vs observed);
 //! - `conditions.rs`: condition bookkeeping;
-//! - `resolve.rs`: identity, role and per-scope assignment caches.
+//! - `resolve.rs`: identity, role and per-scope assignment caches;
+//! - `claims.rs`: which grants claim which assignment names (shared tuples, conflicts).
 
+pub mod claims;
 pub mod conditions;
 pub mod plan;
 pub mod policy_status;
@@ -16,8 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::Api;
+use kube::ResourceExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -71,9 +74,6 @@ impl Default for ControllerSettings {
     }
 }
 
-/// A grant's claims and the resourceVersion they were computed from.
-type ClaimsAt = (String, Arc<Vec<plan::Claim>>);
-
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
@@ -88,8 +88,8 @@ pub struct Context {
     namespaces: OnceLock<Store<Namespace>>,
     attempts: Mutex<HashMap<String, u32>>,
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Each grant's claimed assignments, by uid, with the resourceVersion they were read from.
-    claims: Mutex<HashMap<String, ClaimsAt>>,
+    /// Each grant's claimed assignments, indexed by assignment name.
+    pub claims: claims::ClaimIndex,
     /// One writer per assignment name: grants sharing a tuple must not PUT it twice at once.
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
@@ -124,29 +124,8 @@ impl Context {
             gates: Mutex::default(),
             triggers: Mutex::default(),
             writers: Mutex::default(),
-            claims: Mutex::default(),
+            claims: claims::ClaimIndex::default(),
         }
-    }
-
-    /// The assignments `grant` claims, computed once per resourceVersion.
-    pub fn claims(&self, grant: &DatabricksIdentityGrant) -> Arc<Vec<plan::Claim>> {
-        let uid = grant.metadata.uid.clone().unwrap_or_default();
-        let version = grant.metadata.resource_version.clone().unwrap_or_default();
-        let mut cache = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, claims)) = cache.get(&uid)
-            && *v == version
-        {
-            return claims.clone();
-        }
-        let claims = Arc::new(reconcile::claims_of(grant));
-        // Drop entries of deleted grants now and then (the map only grows by one per grant).
-        if cache.len() > 1024 && cache.len() > 2 * self.grants().len() {
-            let live: std::collections::HashSet<String> =
-                self.grants().iter().filter_map(|g| g.metadata.uid.clone()).collect();
-            cache.retain(|uid, _| live.contains(uid));
-        }
-        cache.insert(uid, (version, claims.clone()));
-        claims
     }
 
     /// Waits until no other reconcile is writing the assignment `name`; the guard holds it.
@@ -398,8 +377,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             };
             let (trigger, triggered) = futures::channel::mpsc::unbounded();
             ctx.triggers.lock().unwrap_or_else(|p| p.into_inner()).push((ns.clone(), trigger));
-            let controller =
-                Controller::new(api, watcher::Config::default()).with_config(config.clone()).reconcile_on(triggered);
+            let (reader, writer) = reflector::store();
+            let (index, mut relists) = (ctx.clone(), claims::RelistTracker::new(ns.clone()));
+            let grants = watcher(api, watcher::Config::default())
+                // managedFields are never read and are most of a real API server's object size.
+                .modify(|g: &mut DatabricksIdentityGrant| g.managed_fields_mut().clear())
+                .reflect(writer)
+                .inspect_ok(move |event| index.claims.observe(&mut relists, event))
+                .applied_objects();
+            let controller = Controller::for_stream(grants, reader).with_config(config.clone()).reconcile_on(triggered);
             // Policy spec or namespace-label changes re-reconcile the grants they may affect;
             // status writes (the operator's own, on policies) and other namespace edits do not.
             let (all, in_namespace) = (controller.store(), controller.store());

@@ -267,27 +267,10 @@ pub(crate) fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
     claims
 }
 
-/// What other live grants want among `relevant` assignment names (from the Controller's caches,
-/// not from Azure). Each grant's claims are computed once per resourceVersion, so this stays a
-/// cheap scan even with thousands of grants.
+/// What other live grants want among `relevant` assignment names (from the claims index, which
+/// follows the grants' watch, not from Azure).
 fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context, relevant: &HashSet<String>) -> OtherGrants {
-    let mut others = OtherGrants::default();
-    let me = grant.meta().uid.clone();
-    for other in ctx.grants() {
-        if other.meta().uid == me || other.meta().deletion_timestamp.is_some() {
-            continue;
-        }
-        for claim in ctx.claims(&other).iter().filter(|c| relevant.contains(&c.name)) {
-            others.wanted.insert(claim.name.clone());
-            others.claims.push((
-                claim.name.clone(),
-                claim.condition.clone(),
-                claim.grant.clone(),
-                claim.created.clone(),
-            ));
-        }
-    }
-    others
+    ctx.claims.others(grant.meta().uid.as_deref(), relevant)
 }
 
 async fn apply(
