@@ -305,7 +305,16 @@ async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Re
     };
     match role {
         RoleRef::Name(name) => {
-            let found = arm.find_role_definitions(scope, name).await.map_err(|e| role_error(role, &e))?;
+            let found = arm.find_role_definitions(scope, name).await.map_err(|e| match e {
+                // Roles are looked up by name at the scope: a 404 there means the scope is gone.
+                ArmError::NotFound { .. } => RoleError {
+                    reason: "ScopeNotFound",
+                    message: format!("scope {scope} does not exist (looking up role '{role}' there): {e}"),
+                    retryable: false,
+                    retry_after: None,
+                },
+                e => role_error(role, &e),
+            })?;
             match found.len() {
                 0 => Err(not_found(format!("does not exist at scope {scope}"))),
                 1 => found

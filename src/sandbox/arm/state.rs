@@ -245,12 +245,16 @@ impl ArmState {
         (principal_id, client_id)
     }
 
-    /// Deletes a resource and, like Azure, nothing else: its identities' principals leave the
-    /// directory but their role assignments stay, pointing at a missing principal.
+    /// Deletes a resource as Azure does: role assignments at or below it go with it (they are
+    /// its extension resources); its identities' principals leave the directory, but their
+    /// role assignments elsewhere stay, pointing at a missing principal.
     pub fn delete_resource(&mut self, id: &ResourceId) -> bool {
-        let Some(resource) = self.resources.remove(&id.normalized()) else {
+        let key = id.normalized();
+        let Some(resource) = self.resources.remove(&key) else {
             return false;
         };
+        self.resources.retain(|child, _| !contains_key(&key, child));
+        self.assignments.retain(|_, a| !contains_key(&key, &a.scope_key));
         match resource.kind {
             ResourceKind::UserAssignedIdentity { principal_id, .. } => self.remove_principal(&principal_id),
             ResourceKind::AccessConnector { system_principal: Some(p), .. } => self.remove_principal(&p),
@@ -278,8 +282,12 @@ impl ArmState {
         guid
     }
 
-    /// Deletes a custom role definition (built-in roles cannot be deleted).
+    /// Deletes a custom role definition. Like Azure, refuses built-in roles and roles that
+    /// still have assignments (RoleDefinitionHasAssignments): returns whether it was deleted.
     pub fn delete_custom_role(&mut self, guid: Uuid) -> bool {
+        if self.assignments.values().any(|a| a.role_guid == guid) {
+            return false;
+        }
         let before = self.roles.len();
         self.roles.retain(|r| !(r.custom && r.guid == guid));
         self.roles.len() != before
