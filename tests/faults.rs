@@ -99,3 +99,62 @@ async fn watch_cuts_and_api_server_errors() {
     h.assert_invariant(&[]).await;
     h.stop().await;
 }
+
+/// The watch history compacted while watches were down (410 Gone on resume): the operator
+/// lists again and acts on what it missed, a spec change and a deletion.
+#[tokio::test]
+async fn watch_history_compacted_410_gone() {
+    let h = harness(StateConfig::default()).await;
+    let names = apply_grants(&h, "gone").await;
+    all_ready(&h, &names).await;
+    let kube = &h.sandbox.kube.emulator;
+    {
+        // One synchronous block: the watches are cut, and before they resume the changes happen
+        // and the history that would replay them is gone.
+        kube.drop_watches();
+        let mut store = kube.store();
+        let ty = store.find_type("identity.dbx-operator.io", "v1alpha1", "databricksidentitygrants").expect("type");
+        let mut changed = store.get(&ty, NS, &names[0]).expect("grant");
+        changed["spec"]["roleAssignments"] = json!([{"role": "Reader", "scope": rg("rg-streaming")}]);
+        store.update(&ty, NS, &names[0], changed, false).expect("update");
+        store.delete(&ty, NS, &names[1]).expect("delete");
+        store.compact();
+    }
+    h.wait_for(&names[0], "moved to rg-streaming", |g| {
+        g.status.as_ref().is_some_and(|s| {
+            s.role_assignments.len() == 1
+                && s.role_assignments[0].scope.ends_with("rg-streaming")
+                && s.role_assignments[0].state == dbx_identity_operator::api::AssignmentState::Assigned
+        })
+    })
+    .await;
+    h.gone(&names[1]).await;
+    assert!(kube.expired_watches.load(std::sync::atomic::Ordering::Relaxed) > 0, "no watch was answered 410 Gone");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+/// Finalizer writes conflict (409) for a while, on adding and on removing: grants still get
+/// their finalizer before anything is written to Azure, and deletions still clean up.
+#[tokio::test]
+async fn finalizer_update_conflicts() {
+    let h = harness(StateConfig::default()).await;
+    h.sandbox.kube.emulator.set_faults(KubeFaults { conflict_next_writes: 6, ..KubeFaults::default() });
+    let names = apply_grants(&h, "conflict").await;
+    all_ready(&h, &names).await;
+    for name in &names {
+        let g = h.grants.get(name).await.expect("grant");
+        assert!(!g.metadata.finalizers.unwrap_or_default().is_empty(), "{name} has no finalizer");
+    }
+    assert_eq!(h.sandbox.kube.emulator.faults().conflict_next_writes, 0, "the conflicts were not exercised");
+    h.sandbox.kube.emulator.set_faults(KubeFaults { conflict_next_writes: 6, ..KubeFaults::default() });
+    for name in &names[..4] {
+        h.grants.delete(name, &kube::api::DeleteParams::default()).await.expect("delete");
+    }
+    for name in &names[..4] {
+        h.gone(name).await;
+    }
+    assert_eq!(h.sandbox.kube.emulator.faults().conflict_next_writes, 0, "the conflicts were not exercised");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}

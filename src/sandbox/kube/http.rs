@@ -167,6 +167,17 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
     if target.ty.namespaced && target.namespace.is_none() && !matches!(verb, "list" | "watch") {
         return not_served(&path);
     }
+    // Another writer got there first (finalizers, labels): what a real API server answers.
+    if matches!(verb, "update" | "patch") && !status_sub && emulator.take_injected_conflict(&target.ty.group) {
+        return status_response(&StatusError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                target.ty.plural, target.ty.group
+            ),
+        ));
+    }
 
     match verb {
         "watch" => watch(emulator, target, &query, wants_table).await,
@@ -464,6 +475,7 @@ async fn watch(emulator: Shared, target: Target, query: &HashMap<String, String>
                 }
                 Err(e) => {
                     // As the API server does: 200, then one ERROR event carrying the 410 Status.
+                    emulator.expired_watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let line = event_line("ERROR", &e.body());
                     return Response::builder()
                         .status(200)

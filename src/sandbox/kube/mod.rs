@@ -32,6 +32,9 @@ pub struct KubeFaults {
     pub fail_next: u32,
     /// 500 or 429.
     pub fail_status: u16,
+    /// Answer the next this many updates and patches of custom resources (not their status)
+    /// with 409 Conflict, as when another writer changed finalizers or metadata first.
+    pub conflict_next_writes: u32,
 }
 
 /// One request as RBAC sees it.
@@ -73,6 +76,8 @@ pub struct KubeEmulator {
     faults: Mutex<KubeFaults>,
     requests: Mutex<Vec<RequestRecord>>,
     watch_drops: tokio::sync::watch::Sender<u64>,
+    /// Watches answered 410 Gone (their resourceVersion was compacted away).
+    pub expired_watches: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +107,12 @@ impl KubeEmulator {
         self.watch_drops.send_modify(|n| *n += 1);
     }
 
+    /// Forgets the watch history, as etcd compaction does: every watch resuming from an earlier
+    /// resourceVersion gets 410 Gone and must list again. Call `drop_watches` to make them resume.
+    pub fn compact_history(&self) {
+        self.store().compact();
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.requests).clone()
@@ -121,6 +132,15 @@ impl KubeEmulator {
         }
         faults.fail_next -= 1;
         Some(if faults.fail_status == 0 { 500 } else { faults.fail_status })
+    }
+
+    fn take_injected_conflict(&self, group: &str) -> bool {
+        let mut faults = lock(&self.faults);
+        if faults.conflict_next_writes == 0 || group.is_empty() || group.ends_with(".k8s.io") {
+            return false;
+        }
+        faults.conflict_next_writes -= 1;
+        true
     }
 
     /// A kubeconfig for this server (no credentials: the emulator does not authenticate).
@@ -185,6 +205,7 @@ pub async fn start(config: KubeEmulatorConfig) -> std::io::Result<KubeEmulatorHa
         faults: Mutex::new(KubeFaults::default()),
         requests: Mutex::new(Vec::new()),
         watch_drops,
+        expired_watches: std::sync::atomic::AtomicU64::new(0),
     });
     let app = http::router(emulator.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

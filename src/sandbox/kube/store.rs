@@ -626,6 +626,12 @@ impl Store {
         self.objects.remove(&(group, plural));
     }
 
+    /// Drops the watch history: resuming from any resourceVersion before now gets 410 Gone.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
     /// Events after `rv` still in the history, plus a receiver for later ones; 410 Gone when
     /// `rv` is older than the history reaches.
     pub fn watch_from(&self, rv: u64) -> StoreResult<WatchStart> {
