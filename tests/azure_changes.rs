@@ -29,6 +29,7 @@ fn is_ready(g: &dbx_identity_operator::api::DatabricksIdentityGrant) -> bool {
 /// which identity is gone and keep their record so deleting them still cleans up.
 #[tokio::test]
 async fn identities_deleted_under_the_operator() {
+    let _scenario = common::scenario("Azure changes", "workspace and access connector deleted");
     let h = harness(StateConfig::default()).await;
     let lake = json!([{"role": "Reader", "scope": rg("rg-lake")}]);
     h.apply(&grant("dev-ws", h.workspace_identity(1), lake.clone())).await;
@@ -73,6 +74,7 @@ async fn identities_deleted_under_the_operator() {
 /// deleting the grant completes.
 #[tokio::test]
 async fn scope_deleted_under_the_operator() {
+    let _scenario = common::scenario("Azure changes", "scope resource deleted");
     let h = harness(StateConfig::default()).await;
     let storage = h.sandbox.estate.scopes.storage_account.clone();
     let both = json!([{"role": "Reader", "scope": storage}, {"role": "Reader", "scope": rg("rg-streaming")}]);
@@ -109,6 +111,7 @@ async fn scope_deleted_under_the_operator() {
 /// RoleNotFound, the grant's other entries stay, and the operator does not keep writing.
 #[tokio::test]
 async fn role_definition_deleted_under_the_operator() {
+    let _scenario = common::scenario("Azure changes", "custom role definition deleted");
     let h = harness(StateConfig::default()).await;
     let auditor = h.sandbox.arm.emulator.state().add_custom_role(
         "Lake Auditor",
@@ -149,6 +152,7 @@ async fn role_definition_deleted_under_the_operator() {
 /// scope, and converges once the permission is back.
 #[tokio::test]
 async fn permission_revoked_at_one_scope() {
+    let _scenario = common::scenario("Azure changes", "operator's permission revoked at one scope");
     let h = harness(StateConfig::default()).await;
     h.apply(&grant("lake-before", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("lake-before").await;
@@ -213,6 +217,7 @@ async fn permission_revoked_at_one_scope() {
 /// RoleAssignmentLimitExceeded, writes are retried slowly, and raising the limit converges.
 #[tokio::test]
 async fn subscription_assignment_limit_reached() {
+    let _scenario = common::scenario("Azure changes", "subscription assignment limit reached");
     let h = harness(StateConfig::default()).await;
     let existing = h.sandbox.arm.emulator.state().all_assignments().len();
     h.sandbox.arm.emulator.state().config.assignment_limit = existing + 1;

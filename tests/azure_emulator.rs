@@ -1,6 +1,8 @@
 //! The Azure layer end to end: the real `ArmClient` and azure_identity credentials against the
 //! HTTPS ARM emulator. Each test starts its own emulator on a free port.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,6 +310,7 @@ async fn a_throttled_burst_completes_with_no_more_requests_than_needed() {
 
 #[tokio::test]
 async fn lists_follow_every_page_and_refuse_foreign_next_links() {
+    let _scenario = common::scenario("Security", "nextLink to another host never followed");
     let f = fixture_with(StateConfig { page_size: 2, ..StateConfig::default() }, ThrottleConfig::default()).await;
     let client = f.client();
     let scope = f.lake();
@@ -556,6 +559,10 @@ async fn a_token_endpoint_outage_fails_calls_until_it_ends() {
 
 #[tokio::test]
 async fn hostile_responses_are_errors_never_panics_or_hangs() {
+    let _scenario = common::scenario(
+        "Bad input",
+        "hostile ARM responses: truncated, wrong types, missing fields, 200 with error, endless pages",
+    );
     use dbx_identity_operator::sandbox::arm::HostileResponse;
     let f = fixture_with(StateConfig::default(), ThrottleConfig { enabled: false, ..ThrottleConfig::default() }).await;
     let client = f.no_retry_client();

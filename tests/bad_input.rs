@@ -308,6 +308,7 @@ fn azure_writes(h: &Harness) -> u64 {
 
 #[tokio::test]
 async fn junk_through_the_api_server_is_refused_with_the_field_named() {
+    let _scenario = common::scenario("Bad input", "junk in every field through admission: 422 naming the field");
     let h = harness(Default::default()).await;
     let grants = raw_api::<DatabricksIdentityGrant>(&h, true);
     let policies = raw_api::<GrantPolicy>(&h, false);
@@ -381,6 +382,7 @@ async fn wait_for_invalid_policy(policies: &Api<GrantPolicy>, name: &str, junk: 
 /// reconciler is the only line of defence.
 #[tokio::test]
 async fn junk_past_admission_gets_a_specific_status_and_never_an_azure_write() {
+    let _scenario = common::scenario("Bad input", "junk past admission: specific status, no Azure write");
     let h = harness(Default::default()).await;
     set_admission(&h.sandbox.kube, false);
     let grants = raw_api::<DatabricksIdentityGrant>(&h, true);
@@ -432,6 +434,7 @@ async fn junk_past_admission_gets_a_specific_status_and_never_an_azure_write() {
 /// The validation the reconciler runs, over every junk spec including the huge ones.
 #[tokio::test]
 async fn every_junk_spec_is_refused_naming_its_field() {
+    let _scenario = common::scenario("Bad input", "every junk spec refused by validation, naming its field");
     use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
     let h = harness(Default::default()).await;
     for j in typed_grant_junk(&h).iter().chain(&wrongly_typed_grant_junk(&h)) {

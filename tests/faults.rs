@@ -34,6 +34,8 @@ async fn all_ready(h: &Harness, names: &[String]) {
 /// 5xx bursts, cut connections and new assignments missing from lists for a while.
 #[tokio::test]
 async fn arm_errors_resets_and_eventual_consistency() {
+    let _scenario =
+        common::scenario("Faults: ARM", "5xx bursts, connection resets, new assignments missing from lists");
     let h = harness(StateConfig { list_lag: Duration::from_secs(2), ..StateConfig::default() }).await;
     h.sandbox.arm.emulator.set_faults(FaultConfig { error_rate: 0.3, reset_rate: 0.1, ..FaultConfig::default() });
     let names = apply_grants(&h, "flaky").await;
@@ -51,6 +53,7 @@ async fn arm_errors_resets_and_eventual_consistency() {
 /// A 429 storm: tiny buckets. Everything converges, and the operator does not hammer.
 #[tokio::test]
 async fn throttling_storm_is_paced() {
+    let _scenario = common::scenario("Faults: ARM", "429 storm: Retry-After honoured, requests bounded");
     let h = harness(StateConfig::default()).await;
     h.sandbox.arm.emulator.set_throttling(ThrottleConfig {
         enabled: true,
@@ -72,6 +75,7 @@ async fn throttling_storm_is_paced() {
 /// The token endpoint down, then back.
 #[tokio::test]
 async fn token_outage_then_recovery() {
+    let _scenario = common::scenario("Faults: ARM", "token endpoint down, then back");
     let h = harness(StateConfig::default()).await;
     h.sandbox.arm.emulator.set_faults(FaultConfig { token_outage: true, ..FaultConfig::default() });
     h.sandbox.arm.emulator.expire_tokens();
@@ -87,6 +91,8 @@ async fn token_outage_then_recovery() {
 /// Kubernetes: watches cut repeatedly and API errors (including on status patches) for a while.
 #[tokio::test]
 async fn watch_cuts_and_api_server_errors() {
+    let _scenario =
+        common::scenario("Faults: Kubernetes", "watch streams cut repeatedly; API errors on reads and status patches");
     let h = harness(StateConfig::default()).await;
     let names = apply_grants(&h, "kube").await;
     for _ in 0..5 {
@@ -104,6 +110,8 @@ async fn watch_cuts_and_api_server_errors() {
 /// lists again and acts on what it missed, a spec change and a deletion.
 #[tokio::test]
 async fn watch_history_compacted_410_gone() {
+    let _scenario =
+        common::scenario("Faults: Kubernetes", "410 Gone after history compaction; missed changes acted on");
     let h = harness(StateConfig::default()).await;
     let names = apply_grants(&h, "gone").await;
     all_ready(&h, &names).await;
@@ -138,6 +146,7 @@ async fn watch_history_compacted_410_gone() {
 /// their finalizer before anything is written to Azure, and deletions still clean up.
 #[tokio::test]
 async fn finalizer_update_conflicts() {
+    let _scenario = common::scenario("Faults: Kubernetes", "409 conflicts on finalizer updates");
     let h = harness(StateConfig::default()).await;
     h.sandbox.kube.emulator.set_faults(KubeFaults { conflict_next_writes: 6, ..KubeFaults::default() });
     let names = apply_grants(&h, "conflict").await;
@@ -155,6 +164,54 @@ async fn finalizer_update_conflicts() {
         h.gone(name).await;
     }
     assert_eq!(h.sandbox.kube.emulator.faults().conflict_next_writes, 0, "the conflicts were not exercised");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+/// A new identity Entra has not replicated for a long while (20 s here; minutes in Azure): the
+/// grant says PrincipalNotFound and Pending, retries back off instead of hammering, and it
+/// converges once the principal shows up.
+#[tokio::test]
+async fn principal_not_found_for_a_long_while() {
+    let _scenario = common::scenario("Faults: ARM", "PrincipalNotFound for a long while after the identity is created");
+    let delay = Duration::from_secs(20);
+    let h =
+        harness(StateConfig { replication_delay: delay, replication_delay_with_type: delay, ..StateConfig::default() })
+            .await;
+    let uai = dbx_identity_operator::azure::ResourceId::parse(&rg("rg-analytics")).expect("rg").with_provider_resource(
+        "Microsoft.ManagedIdentity",
+        "userAssignedIdentities",
+        "id-slow",
+    );
+    let (principal, _) = h.sandbox.arm.emulator.state().create_user_assigned_identity(&uai, Duration::ZERO);
+    let created = tokio::time::Instant::now();
+    h.apply(&grant(
+        "slow",
+        json!({"principal": {"principalId": principal}}),
+        json!([{"role": "Reader", "scope": rg("rg-lake")}]),
+    ))
+    .await;
+    h.wait_for("slow", "PrincipalNotFound", |g| {
+        g.status.as_ref().is_some_and(|s| {
+            s.role_assignments.first().is_some_and(|r| {
+                r.reason.as_deref() == Some("PrincipalNotFound")
+                    && r.state == dbx_identity_operator::api::AssignmentState::Pending
+            })
+        })
+    })
+    .await;
+    let deadline = created + delay + Duration::from_secs(40);
+    loop {
+        let g = h.grants.get("slow").await.expect("grant");
+        if condition(&g, "Ready").is_some_and(|c| c.0 == "True") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not Ready after replication: {:?}", g.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Backoff: a handful of attempts over the 20 s, not one per resync or per second.
+    let attempts = h.sandbox.arm.emulator.count("PutRoleAssignment");
+    assert!(attempts <= 12, "{attempts} PUTs while the principal replicated");
     h.assert_invariant(&[]).await;
     h.stop().await;
 }

@@ -105,6 +105,7 @@ async fn settle(h: &Harness, live: &[String], deleted: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: the second CI step runs it"]
 async fn sigkill_fifty_times_over_a_live_workload() {
+    let _scenario = common::scenario("Faults: process", "SIGKILL x50 over a live workload (long)");
     let h = harness(StateConfig::default()).await;
     h.stop_controller().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -173,6 +174,7 @@ async fn sigkill_fifty_times_over_a_live_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: the second CI step runs it"]
 async fn leader_sigkilled_mid_work_standby_finishes() {
+    let _scenario = common::scenario("Faults: process", "leader SIGKILLed mid-work, standby finishes (long)");
     let h = harness(StateConfig::default()).await;
     h.stop_controller().await;
     let dir = tempfile::tempdir().expect("tempdir");

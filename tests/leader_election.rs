@@ -28,6 +28,7 @@ fn leader(m: &Metrics) -> bool {
 
 #[tokio::test]
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    let _scenario = common::scenario("Faults: process", "leader election: graceful handover");
     // The harness's own controller is stopped first: this test runs its own two replicas.
     let h = harness(StateConfig::default()).await;
     let _ = h.stop_controller().await;

@@ -181,6 +181,10 @@ async fn observe_mode_plans_without_writing() {
 
 #[tokio::test]
 async fn every_error_class_is_reported_and_others_proceed() {
+    let _scenario = common::scenario(
+        "Faults: ARM",
+        "error classes reported, others proceed (incl. PrincipalNotFound while replicating)",
+    );
     let h = harness(StateConfig {
         replication_delay: Duration::from_secs(60),
         replication_delay_with_type: Duration::from_secs(3),

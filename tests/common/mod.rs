@@ -203,6 +203,7 @@ impl Harness {
         for w in &wanted {
             assert!(names.contains(w), "a live grant reports {w} but Azure does not have it");
         }
+        self.assert_no_secrets_in_api().await;
     }
 
     /// Stops the harness's own controller (tests that run their own replicas).
@@ -252,4 +253,116 @@ pub fn replica_context(sandbox: &Sandbox, metrics: Arc<dbx_identity_operator::te
         },
         metrics,
     ))
+}
+
+// ---------- scenario records (docs/reliability.md) and the secret scan ----------
+
+/// What must never appear in a log line, a status or an Event.
+const SECRET_NEEDLES: [(&str, &str); 3] =
+    [("the operator's client secret", SECRET), ("an Authorization header", "Bearer "), ("a JWT (token)", "eyJ")];
+
+static LEAKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static LINES_SCANNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Every formatted log line passes through here; lines holding a secret are kept (redacted).
+struct ScanningWriter;
+
+impl std::io::Write for ScanningWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        LINES_SCANNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (what, needle) in SECRET_NEEDLES {
+            if line.contains(needle) {
+                let redacted = line.replace(needle, "<REDACTED>");
+                LEAKS.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{what}: {redacted}"));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every log event of this test binary (the operator's, azure_core's, kube's …) through
+/// the secret scan, at trace level for the crates that handle credentials.
+pub fn scan_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,dbx_identity_operator=trace,azure_core=trace,azure_identity=trace,kube_client=trace,hyper=info,hyper_util=info,h2=info,rustls=info,tower=info,mio=info,tokio=info,runtime=info",
+        );
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| ScanningWriter).try_init();
+    });
+}
+
+/// Log lines scanned so far.
+pub fn lines_scanned() -> u64 {
+    LINES_SCANNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Log lines so far that held a secret (redacted).
+pub fn leaked_in_logs() -> Vec<String> {
+    LEAKS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// One reliability scenario: started at the top of a test, recorded (pass or fail, duration,
+/// runs so far) under `target/tmp/reliability/` when the test ends; `.ci/reliability_report.py`
+/// turns the records into docs/reliability.md. A scenario during which a secret reached the
+/// logs fails.
+pub struct Scenario {
+    group: &'static str,
+    name: &'static str,
+    started: std::time::Instant,
+}
+
+pub fn scenario(group: &'static str, name: &'static str) -> Scenario {
+    scan_logs();
+    Scenario { group, name, started: std::time::Instant::now() }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let leaks = leaked_in_logs();
+        let passed = !std::thread::panicking() && leaks.is_empty();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+        let file = dir.join(format!("{}--{}.json", self.group, self.name).replace(['/', ' '], "_"));
+        let previous: serde_json::Value =
+            std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| json!({}));
+        let count = |key: &str| previous[key].as_u64().unwrap_or(0);
+        let record = json!({
+            "group": self.group,
+            "scenario": self.name,
+            "runs": count("runs") + 1,
+            "passed": count("passed") + u64::from(passed),
+            "failed": count("failed") + u64::from(!passed),
+            "lastResult": if passed { "pass" } else { "FAIL" },
+            "lastSeconds": (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        });
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(&file, serde_json::to_vec_pretty(&record).unwrap_or_default());
+        if !std::thread::panicking() && !leaks.is_empty() {
+            panic!("secrets reached the logs:\n{}", leaks.join("\n"));
+        }
+    }
+}
+
+impl Harness {
+    /// No secret in any grant's status or in any Event.
+    pub async fn assert_no_secrets_in_api(&self) {
+        let client = self.sandbox.kube.emulator.client().expect("client");
+        let grants =
+            Api::<DatabricksIdentityGrant>::all(client.clone()).list(&Default::default()).await.expect("grants");
+        let events =
+            Api::<k8s_openapi::api::events::v1::Event>::all(client).list(&Default::default()).await.expect("events");
+        let text = format!(
+            "{}\n{}",
+            serde_json::to_string(&grants.items.iter().map(|g| &g.status).collect::<Vec<_>>()).unwrap_or_default(),
+            serde_json::to_string(&events.items).unwrap_or_default()
+        );
+        for (what, needle) in SECRET_NEEDLES {
+            assert!(!text.contains(needle), "{what} appears in a status or an Event");
+        }
+    }
 }
