@@ -500,7 +500,15 @@ impl Operator {
 }
 
 impl Drop for Operator {
+    /// SIGTERM first, so a profiler wrapping the operator (--wrap) can write its data.
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..300 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

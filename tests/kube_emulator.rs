@@ -246,3 +246,42 @@ async fn injected_failures_reach_the_client() {
             && r.group == "apiextensions.k8s.io")
     );
 }
+
+/// The operator's Event publisher: an identical repeat bumps the series of the first Event;
+/// another note is another Event.
+#[tokio::test]
+async fn events_fold_identical_repeats_into_a_series() {
+    use dbx_identity_operator::controller::events::EventPublisher;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::EventType;
+    let (_handle, client) = start(KubeEmulatorConfig::default()).await;
+    let publisher = EventPublisher::new(client.clone(), "dbx-identity-operator", "test-0");
+    let reference = ObjectReference {
+        api_version: Some("identity.dbx-operator.io/v1alpha1".into()),
+        kind: Some("DatabricksIdentityGrant".into()),
+        name: Some("g".into()),
+        namespace: Some("default".into()),
+        uid: Some("uid-1".into()),
+        ..ObjectReference::default()
+    };
+    for _ in 0..3 {
+        publisher
+            .publish(&reference, EventType::Warning, "AuthorizationFailed", "Reconcile", "denied at rg-a")
+            .await
+            .expect("publish");
+    }
+    publisher
+        .publish(&reference, EventType::Warning, "AuthorizationFailed", "Reconcile", "denied at rg-b")
+        .await
+        .expect("publish");
+    let events: Vec<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client, "default").list(&Default::default()).await.expect("list").items;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let first = events.iter().find(|e| e.note.as_deref() == Some("denied at rg-a")).expect("rg-a event");
+    assert_eq!(first.series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(first.reporting_instance.as_deref(), Some("test-0"));
+    assert_eq!(first.regarding.as_ref().and_then(|r| r.uid.as_deref()), Some("uid-1"));
+    let second = events.iter().find(|e| e.note.as_deref() == Some("denied at rg-b")).expect("rg-b event");
+    assert!(second.series.is_none());
+    assert_eq!(publisher.remembered(), 2);
+}

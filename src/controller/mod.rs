@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod conditions;
+pub mod events;
 pub mod plan;
 pub mod policy_status;
 pub mod reconcile;
@@ -22,7 +23,6 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::Api;
 use kube::ResourceExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use rand::Rng;
@@ -80,7 +80,7 @@ pub struct Context {
     pub arm: ArmClients,
     pub resolver: Resolver,
     pub scopes: ScopeAssignments,
-    pub recorder: Recorder,
+    pub events: events::EventPublisher,
     pub settings: ControllerSettings,
     pub metrics: Arc<crate::telemetry::Metrics>,
     stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
@@ -105,10 +105,8 @@ impl Context {
         settings: ControllerSettings,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
-        let reporter =
-            Reporter { controller: "dbx-identity-operator".into(), instance: Some(settings.instance.clone()) };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventPublisher::new(client.clone(), "dbx-identity-operator", &settings.instance),
             client,
             arm,
             resolver: Resolver::new(settings.cache_ttl),

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -767,14 +767,8 @@ async fn finish(
     }
     for (type_, reason, note) in merged {
         info!(grant = %key(grant), reason, %note, "event");
-        let event = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        let note: String = note.chars().take(1000).collect();
+        if let Err(e) = ctx.events.publish(&reference, type_, reason, "Reconcile", &note).await {
             warn!(error = %e, "cannot publish event");
         }
     }
