@@ -21,6 +21,7 @@ use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::azure::models::Permission;
 use dbx_identity_operator::sandbox::arm::state::ResourceKind;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, ThrottleConfig};
+use dbx_identity_operator::sandbox::kube::KubeFaults;
 use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -65,6 +66,11 @@ struct Options {
     /// Where JSON, chart and operator logs go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Cold convergence under faults: 5% ARM 500s, 2% cut connections, and every 5 s the
+    /// Kubernetes watches cut plus five API errors. Checks afterwards that no tuple is assigned
+    /// twice and every assignment is on some grant's record.
+    #[arg(long)]
+    faults: bool,
     /// Runs the operator under this command (e.g. `heaptrack -o target/bench/heap`) to profile it.
     #[arg(long)]
     wrap: Option<String>,
@@ -379,6 +385,41 @@ fn ready_and_current(grant: &Value) -> bool {
     ready && generation == observed
 }
 
+/// ARM and Kubernetes faults until aborted.
+fn start_faults(sandbox: &Sandbox) -> tokio::task::JoinHandle<()> {
+    let mut faults = sandbox.arm.emulator.faults();
+    faults.error_rate = 0.05;
+    faults.reset_rate = 0.02;
+    sandbox.arm.emulator.set_faults(faults);
+    let kube = sandbox.kube.emulator.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            kube.drop_watches();
+            kube.set_faults(KubeFaults { fail_next: 5, fail_status: 500, ..KubeFaults::default() });
+        }
+    })
+}
+
+/// No tuple twice in Azure, and every assignment not seeded is on some grant's record.
+fn check_invariant(sandbox: &Sandbox, seeded: &std::collections::HashSet<String>) -> Result<(), String> {
+    let recorded: std::collections::HashSet<String> = grants_in_store(sandbox)
+        .iter()
+        .flat_map(|g| g.pointer("/status/managedAssignments").and_then(Value::as_array).cloned().unwrap_or_default())
+        .filter_map(|id| id.as_str().and_then(|id| id.rsplit('/').next()).map(str::to_ascii_lowercase))
+        .collect();
+    let mut tuples = std::collections::HashSet::new();
+    for (name, scope, role, principal, _) in sandbox.arm.emulator.state().all_assignments() {
+        if !tuples.insert(format!("{}|{role}|{principal}", scope.normalized())) {
+            return Err(format!("invariant: tuple of {name} assigned twice"));
+        }
+        if !seeded.contains(&name) && !recorded.contains(&name.to_ascii_lowercase()) {
+            return Err(format!("invariant: {name} at {scope} is on no grant's record"));
+        }
+    }
+    Ok(())
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration, String> {
     let started = Instant::now();
     loop {
@@ -576,6 +617,9 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     // 1. Cold convergence.
     std::fs::create_dir_all(&options.out).map_err(|e| e.to_string())?;
     let log = options.out.join(format!("operator-{n}.log"));
+    let seeded: std::collections::HashSet<String> =
+        sandbox.arm.emulator.state().all_assignments().into_iter().map(|(name, ..)| name).collect();
+    let fault_driver = options.faults.then(|| start_faults(&sandbox));
     let stats0 = sandbox.arm.emulator.stats();
     let kube0 = kube_log_len(&sandbox);
     let mut operator = Operator::start(&sandbox, options, &log)?;
@@ -597,6 +641,15 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let cold = started.elapsed();
+    if let Some(driver) = fault_driver {
+        driver.abort();
+        sandbox.arm.emulator.set_faults(FaultConfig {
+            latency_ms: options.latency_ms,
+            jitter_ms: options.jitter_ms,
+            ..FaultConfig::default()
+        });
+        sandbox.kube.emulator.set_faults(KubeFaults::default());
+    }
     let stats1 = sandbox.arm.emulator.stats();
     let cold_requests = requests_between(&stats0, &stats1);
     let cold_kube_writes = kube_writes_since(&sandbox, kube0, 0);
@@ -679,6 +732,8 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let stats4 = sandbox.arm.emulator.stats();
     let churn_requests = requests_between(&stats3, &stats4);
 
+    check_invariant(&sandbox, &seeded)?;
+
     // 5. Resources for the whole run.
     operator.check_alive()?;
     let (peak_rss, final_rss, cpu) = operator.usage();
@@ -722,8 +777,15 @@ fn table(rows: &[Row], options: &Options) -> String {
     let throttling =
         if options.no_throttling { "off".to_owned() } else { format!("Azure's buckets × {}", options.throttle_scale) };
     out.push_str(&format!(
-        "ARM latency {} ± {} ms · throttling {throttling} · resync interval {:?}\n\n",
-        options.latency_ms, options.jitter_ms, options.resync_interval
+        "ARM latency {} ± {} ms · throttling {throttling} · resync interval {:?}{}\n\n",
+        options.latency_ms,
+        options.jitter_ms,
+        options.resync_interval,
+        if options.faults {
+            " · cold phase under faults (5% ARM 500s, 2% cut connections, watches cut + 5 API errors every 5 s)"
+        } else {
+            ""
+        }
     ));
     out.push_str("| N | scopes | assignments | cold (s) | floor (s) | efficiency | cold ARM reads / writes / 429 | K8s writes cold | steady ARM reads / writes | steady K8s writes | drift healed (s) | drift ARM reads / writes | churn (s) | churn ARM reads / writes | peak / final RSS (MiB) | bytes/grant | CPU (s) |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

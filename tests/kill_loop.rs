@@ -20,13 +20,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
 
 /// The real binary against the sandbox; `identity` names a leader-election replica, `None`
 /// runs a single replica without election.
-fn spawn(h: &Harness, identity: Option<&str>, log: &std::path::Path) -> Child {
+/// An operator process; killed when dropped, so a failing test leaves none behind.
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(h: &Harness, identity: Option<&str>, log: &std::path::Path) -> Replica {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
     let election: &[&str] = match identity {
         Some(_) => &["--leader-election", "--lease-namespace", "default", "--lease-duration", "3s"],
         None => &[],
     };
-    Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("run")
         .args(election)
         .args(["--policy-mode", "permissive", "--resync-interval", "3s", "--namespace", NS])
@@ -38,12 +48,13 @@ fn spawn(h: &Harness, identity: Option<&str>, log: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start operator")
+        .expect("start operator");
+    Replica(child)
 }
 
-fn sigkill(child: &mut Child) {
-    let _ = child.kill(); // SIGKILL on Unix: no shutdown path runs.
-    let _ = child.wait();
+fn sigkill(replica: &mut Replica) {
+    let _ = replica.0.kill(); // SIGKILL on Unix: no shutdown path runs.
+    let _ = replica.0.wait();
 }
 
 /// Assignment names in Azure that no grant records yet: the operator wrote them and was
@@ -132,7 +143,13 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         // every other round a deletion.
         let name = format!("kill-{next}");
         next += 1;
-        h.apply(&grant(&name, identities[next % 3].clone(), roles_at(&mut rng))).await;
+        // A fresh identity (already replicated in Entra), so the grant has new tuples to write.
+        let uai = dbx_identity_operator::azure::ResourceId::parse(&rg("rg-analytics"))
+            .expect("rg")
+            .with_provider_resource("Microsoft.ManagedIdentity", "userAssignedIdentities", &name);
+        let (principal, _) =
+            h.sandbox.arm.emulator.state().create_user_assigned_identity(&uai, Duration::from_secs(86_400));
+        h.apply(&grant(&name, json!({"principal": {"principalId": principal}}), roles_at(&mut rng))).await;
         live.push(name);
         let changed = live[rng.random_range(0..live.len())].clone();
         let patch = json!({"spec": {"roleAssignments": roles_at(&mut rng)}});

@@ -424,7 +424,17 @@ impl ScopeAssignments {
         scope: &ResourceId,
         cached: &Option<ScopeList>,
     ) -> Result<(Vec<RoleAssignment>, Vec<String>), ArmError> {
-        let fresh = arm.list_role_assignments_at_scope(scope).await?;
+        // ARM's atScope() list also holds every assignment above the scope (its resource group's,
+        // the subscription's), repeated in the list of each scope below. Plans compare exact
+        // scopes only, so only those are kept: at 5000 grants the repeats were megabytes.
+        let fresh: Vec<RoleAssignment> = arm
+            .list_role_assignments_at_scope(scope)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                a.properties.scope.as_deref().and_then(|s| ResourceId::parse(s).ok()).is_some_and(|s| s == *scope)
+            })
+            .collect();
         let mut lagging = Vec::new();
         for (name, (at, _)) in cached.iter().flat_map(|c| &c.own_writes) {
             if at.elapsed() >= OWN_WRITE_GRACE || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)) {
@@ -458,7 +468,7 @@ impl ScopeAssignments {
         changed
     }
 
-    /// Assignments at and above `scope`; at most one ARM list per scope per TTL, even when many
+    /// Assignments at exactly `scope`; at most one ARM list per scope per TTL, even when many
     /// grants ask at once.
     pub async fn list(&self, arm: &ArmClient, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
         let slot = self.slot(scope);
