@@ -134,15 +134,14 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         h.apply(&grant(&name, identities[i % 3].clone(), roles_at(&mut rng))).await;
         live.push(name);
     }
-    let mut next = live.len();
+    let first_new = live.len();
     let (mut kills, mut mid_write) = (0, 0);
     for round in 0..50 {
         let before: std::collections::HashSet<String> = h.tuples().into_iter().map(|t| t.0).collect();
         let mut child = spawn(&h, None, &log);
         // Change the workload while this incarnation runs: a new grant, a spec change, and
         // every other round a deletion.
-        let name = format!("kill-{next}");
-        next += 1;
+        let name = format!("kill-{}", first_new + round);
         // A fresh identity (already replicated in Entra), so the grant has new tuples to write.
         let uai = dbx_identity_operator::azure::ResourceId::parse(&rg("rg-analytics"))
             .expect("rg")

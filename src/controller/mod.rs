@@ -208,7 +208,7 @@ impl Context {
         gate.acquire_owned().await.ok()
     }
 
-    fn jitter(d: Duration, share: f64) -> Duration {
+    pub(crate) fn jitter(d: Duration, share: f64) -> Duration {
         let factor = rand::rng().random_range((1.0 - share)..=(1.0 + share));
         d.mul_f64(factor)
     }

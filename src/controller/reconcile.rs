@@ -189,10 +189,13 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
     result
 }
 
-/// Requeue after an error the reconcile could not record in status.
+/// Requeue after an error the reconcile could not record in status: mostly the Kubernetes API
+/// failing. Backoff, but at most ~30 s: with the 5-minute cap of Azure errors, a grant whose
+/// status patches met API errors a few times in a row sat without status for many minutes after
+/// the API server had recovered (converge bench, `--faults`).
 pub fn error_policy(grant: Arc<DatabricksIdentityGrant>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     warn!(grant = %key(&grant), %error, "reconcile failed");
-    Action::requeue(ctx.backoff(&key(&grant), None))
+    Action::requeue(ctx.backoff(&key(&grant), None).min(Context::jitter(Duration::from_secs(30), 0.2)))
 }
 
 /// The client for this grant: the operator's own, or one from its credential Secret.
