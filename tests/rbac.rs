@@ -187,6 +187,36 @@ async fn the_chart_rbac_covers_exactly_what_the_operator_does() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // A grant failing the same way twice: the second identical Warning bumps the first Event's
+    // series (a patch) instead of creating another.
+    let invalid: DatabricksIdentityGrant = serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant",
+        "metadata": {"name": "invalid"},
+        "spec": {"identity": {"workspace": {"resourceId": sandbox.estate.workspaces[0].id}},
+                 "roleAssignments": [{"role": sandbox.estate.scopes.resource_group, "scope": sandbox.estate.scopes.resource_group}]},
+    }))
+    .expect("grant");
+    grants.create(&PostParams::default(), &invalid).await.expect("create");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "team");
+    let invalid_events = || async {
+        events
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+            .collect::<Vec<_>>()
+    };
+    wait("the InvalidSpec event", Duration::from_secs(30), || async { !invalid_events().await.is_empty() }).await;
+    let touch = json!({"metadata": {"annotations": {"example.com/touched": "1"}}});
+    grants.patch("invalid", &PatchParams::default(), &Patch::Merge(&touch)).await.expect("touch");
+    wait("the repeated InvalidSpec event", Duration::from_secs(30), || async {
+        invalid_events().await.iter().any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+    })
+    .await;
+    assert_eq!(invalid_events().await.len(), 1, "a repeat created another Event");
+
     // A spec change, a policy change, a deletion through the finalizer.
     let patch =
         json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": sandbox.estate.scopes.storage_account}]}});
