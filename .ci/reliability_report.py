@@ -42,6 +42,8 @@ lines += [
     "the ARM id parser and scope normaliser (`src/azure/resource_id.rs`), the role reference parser",
     "(`src/azure/role_ref.rs`), the glob matcher (`src/policy/glob.rs`) and policy evaluation",
     "(`src/policy/evaluate.rs`); fuzz targets for local runs are in `tests/fuzz` (README).",
+    "The 5000-grant load under faults is a benchmark run (`cargo bench --bench converge -- --grants",
+    "5000 --faults`), not a CI test; its result is in [benchmarks.md](benchmarks.md).",
     "",
 ]
 out = root / "docs" / "reliability.md"
