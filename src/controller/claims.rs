@@ -27,8 +27,9 @@ struct GrantClaims {
 struct Index {
     /// By grant uid.
     grants: HashMap<String, GrantClaims>,
-    /// Assignment name (lower case) → uids of the grants claiming it.
-    by_name: HashMap<String, HashSet<String>>,
+    /// Assignment name (lower case) → uids of the grants claiming it (usually one or two, so a
+    /// Vec: a HashSet per name cost more than the names).
+    by_name: HashMap<String, Vec<String>>,
 }
 
 impl Index {
@@ -36,7 +37,7 @@ impl Index {
         let Some(old) = self.grants.remove(uid) else { return };
         for claim in &old.claims {
             if let Some(uids) = self.by_name.get_mut(&claim.name) {
-                uids.remove(uid);
+                uids.retain(|u| u != uid);
                 if uids.is_empty() {
                     self.by_name.remove(&claim.name);
                 }
@@ -49,7 +50,10 @@ impl Index {
         self.remove(&uid);
         let claims = claims_of(grant);
         for claim in &claims {
-            self.by_name.entry(claim.name.clone()).or_default().insert(uid.clone());
+            let uids = self.by_name.entry(claim.name.clone()).or_default();
+            if !uids.contains(&uid) {
+                uids.push(uid.clone());
+            }
         }
         let entry = GrantClaims {
             namespace: grant.namespace().unwrap_or_default(),

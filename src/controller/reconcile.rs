@@ -117,7 +117,7 @@ fn policy_gate(
     validated: &ValidatedGrant,
     principal: &Principal,
     desired: &mut Vec<DesiredAssignment>,
-    roles: &[Option<super::resolve::ResolvedRole>],
+    roles: &[Option<std::sync::Arc<super::resolve::ResolvedRole>>],
 ) -> PolicyVerdicts {
     use crate::policy::evaluate::{Governing, Request, RoleFacts, Verdict, evaluate, selects};
     let labels = ctx.namespace_labels(&grant.namespace().unwrap_or_default());
@@ -354,7 +354,8 @@ async fn apply(
     let mut retry = RetryClass::Resync;
     let mut entries: Vec<Option<RoleAssignmentStatus>> = vec![None; validated.role_assignments.len()];
     let mut desired: Vec<DesiredAssignment> = Vec::new();
-    let mut roles: Vec<Option<super::resolve::ResolvedRole>> = vec![None; validated.role_assignments.len()];
+    let mut roles: Vec<Option<std::sync::Arc<super::resolve::ResolvedRole>>> =
+        vec![None; validated.role_assignments.len()];
     let mut role_failures = Vec::new();
     for (index, ra) in validated.role_assignments.iter().enumerate() {
         match ctx.resolver.role(&arm, &ra.role, &ra.scope).await {

@@ -84,7 +84,9 @@ struct Entry<T> {
 pub struct Resolver {
     ttl: Duration,
     identities: Mutex<HashMap<String, Entry<Principal>>>,
-    roles: Mutex<HashMap<String, Entry<ResolvedRole>>>,
+    roles: Mutex<HashMap<String, Entry<Arc<ResolvedRole>>>>,
+    /// One copy per role definition: the same built-in role resolved at 500 scopes shares it.
+    definitions: Mutex<HashMap<String, std::sync::Weak<ResolvedRole>>>,
 }
 
 fn get_fresh<T: Clone>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str, ttl: Duration) -> Option<T> {
@@ -98,7 +100,7 @@ fn put<T>(map: &Mutex<HashMap<String, Entry<T>>>, key: String, value: T) {
 
 impl Resolver {
     pub fn new(ttl: Duration) -> Self {
-        Resolver { ttl, identities: Mutex::default(), roles: Mutex::default() }
+        Resolver { ttl, identities: Mutex::default(), roles: Mutex::default(), definitions: Mutex::default() }
     }
 
     /// Forgets a cached identity (e.g. after PrincipalNotFound for a deleted identity).
@@ -116,7 +118,12 @@ impl Resolver {
         Ok(principal)
     }
 
-    pub async fn role(&self, arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Result<ResolvedRole, RoleError> {
+    pub async fn role(
+        &self,
+        arm: &ArmClient,
+        role: &RoleRef,
+        scope: &ResourceId,
+    ) -> Result<Arc<ResolvedRole>, RoleError> {
         // Built-in GUIDs are global; names and custom roles are looked up where they are used.
         let key = match role {
             RoleRef::Name(name) => format!("name|{}|{}", name.to_ascii_lowercase(), scope.normalized()),
@@ -129,9 +136,26 @@ impl Resolver {
         if let Some(r) = get_fresh(&self.roles, &key, self.ttl) {
             return Ok(r);
         }
-        let resolved = resolve_role(arm, role, scope).await?;
+        let resolved = self.shared(resolve_role(arm, role, scope).await?);
         put(&self.roles, key, resolved.clone());
         Ok(resolved)
+    }
+
+    /// The cached copy of an identical definition, or this one (then cached).
+    fn shared(&self, resolved: ResolvedRole) -> Arc<ResolvedRole> {
+        let mut definitions = self.definitions.lock().unwrap_or_else(|p| p.into_inner());
+        let id = resolved.role_definition_id.to_ascii_lowercase();
+        if let Some(existing) = definitions.get(&id).and_then(std::sync::Weak::upgrade)
+            && *existing == resolved
+        {
+            return existing;
+        }
+        if definitions.len() > 1024 {
+            definitions.retain(|_, d| d.strong_count() > 0);
+        }
+        let resolved = Arc::new(resolved);
+        definitions.insert(id, Arc::downgrade(&resolved));
+        resolved
     }
 }
 
