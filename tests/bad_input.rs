@@ -449,3 +449,85 @@ async fn every_junk_spec_is_refused_naming_its_field() {
     }
     h.stop().await;
 }
+
+/// The Ready condition `(reason, message)` of an object read untyped.
+async fn raw_ready(api: &Api<DynamicObject>, name: &str) -> Option<(String, String)> {
+    let object = api.get(name).await.ok()?;
+    let ready = object.data.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+    Some((ready["reason"].as_str()?.to_owned(), ready["message"].as_str()?.to_owned()))
+}
+
+async fn wait_for_raw_reason(api: &Api<DynamicObject>, name: &str, reason: &str, junk: &Junk) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let ready = raw_ready(api, name).await;
+        if let Some((_, message)) = ready.as_ref().filter(|r| r.0 == reason) {
+            assert!(message.contains(junk.field), "{}: the status does not name {}: {message}", junk.what, junk.field);
+            assert!(message.len() < MAX_MESSAGE, "{}: a {}-byte message", junk.what, message.len());
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}: not reported as {reason}: {ready:?}", junk.what);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Wrongly typed objects stored without admission cannot be decoded as the Rust types. One of
+/// them must not stall the operator (a typed watch fails every list it appears in): each is
+/// reported by name, the rest keep working, and deleting one still cleans up.
+#[tokio::test]
+async fn wrongly_typed_objects_past_admission_are_reported_and_stall_nothing() {
+    let _scenario = common::scenario("Bad input", "wrongly typed objects past admission: reported, nothing stalls");
+    let h = harness(Default::default()).await;
+    h.apply(&grant("kept", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("kept").await;
+    let kept_assignments = h.tuples().len();
+    set_admission(&h.sandbox.kube, false);
+    h.sandbox.arm.emulator.reset_stats();
+
+    let (raw_grants, raw_policies) = (raw_api::<DatabricksIdentityGrant>(&h, true), raw_api::<GrantPolicy>(&h, false));
+    let grant_junk = wrongly_typed_grant_junk(&h);
+    for (i, j) in grant_junk.iter().enumerate() {
+        raw_grants
+            .create(&PostParams::default(), &object::<DatabricksIdentityGrant>(&format!("typed-junk-{i}"), &j.spec))
+            .await
+            .unwrap_or_else(|e| panic!("{}: stored without admission: {e}", j.what));
+    }
+    let policy_junk = wrongly_typed_policy_junk();
+    for (i, j) in policy_junk.iter().enumerate() {
+        raw_policies
+            .create(&PostParams::default(), &object::<GrantPolicy>(&format!("typed-junk-{i}"), &j.spec))
+            .await
+            .unwrap_or_else(|e| panic!("{}: stored without admission: {e}", j.what));
+    }
+    // A grant applied after the junk is reconciled: the watches did not stall.
+    h.apply(&grant("after", h.workspace_identity(1), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("after").await;
+    for (i, j) in grant_junk.iter().enumerate() {
+        wait_for_raw_reason(&raw_grants, &format!("typed-junk-{i}"), "InvalidSpec", j).await;
+    }
+    for (i, j) in policy_junk.iter().enumerate() {
+        wait_for_raw_reason(&raw_policies, &format!("typed-junk-{i}"), "InvalidPolicy", j).await;
+    }
+    assert_eq!(azure_writes(&h), 1, "only the valid grant's assignment is written");
+
+    // A working grant edited into junk: refused, and what it created stays.
+    let mut kept = raw_grants.get("kept").await.expect("kept");
+    kept.data["spec"]["identity"] = json!(5);
+    raw_grants.replace("kept", &PostParams::default(), &kept).await.expect("stored without admission");
+    let junk = Junk { what: "identity edited into a number", field: "spec.identity", spec: Value::Null };
+    wait_for_raw_reason(&raw_grants, "kept", "InvalidSpec", &junk).await;
+    assert_eq!(h.tuples().len(), kept_assignments + 1, "the junk edit removed an assignment");
+    assert_eq!(azure_writes(&h), 1);
+
+    // Deleted while unreadable: its readable deletionPolicy (the default, Delete) is honoured and
+    // the finalizer is removed, so the object goes.
+    raw_grants.delete("kept", &Default::default()).await.expect("delete");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while raw_grants.get_opt("kept").await.expect("get").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the unreadable grant's finalizer was never removed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.tuples().len(), kept_assignments, "its assignment was not removed");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}

@@ -135,7 +135,7 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         live.push(name);
     }
     let first_new = live.len();
-    let (mut kills, mut mid_write) = (0, 0);
+    let (mut kills, mut mid_write, mut moved_unrecorded, mut deleted_unrecorded) = (0, 0, 0, 0);
     for round in 0..50 {
         let before: std::collections::HashSet<String> = h.tuples().into_iter().map(|t| t.0).collect();
         let mut child = spawn(&h, None, &log);
@@ -149,7 +149,7 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         let (principal, _) =
             h.sandbox.arm.emulator.state().create_user_assigned_identity(&uai, Duration::from_secs(86_400));
         h.apply(&grant(&name, json!({"principal": {"principalId": principal}}), roles_at(&mut rng))).await;
-        live.push(name);
+        live.push(name.clone());
         let changed = live[rng.random_range(0..live.len())].clone();
         let patch = json!({"spec": {"roleAssignments": roles_at(&mut rng)}});
         h.grants.patch(&changed, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
@@ -172,6 +172,29 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         kills += 1;
         if unrecorded(&h).await > 0 {
             mid_write += 1;
+            // The grant just written stops wanting what it has in Azure before any incarnation
+            // records it: deleted, or moved to a scope it does not hold yet.
+            let held: Vec<String> = h
+                .tuples()
+                .into_iter()
+                .filter(|(_, _, p)| p.eq_ignore_ascii_case(&principal))
+                .map(|(_, tuple, _)| tuple.split('|').next().unwrap_or_default().to_owned())
+                .collect();
+            let elsewhere = scopes().into_iter().find(|s| !held.iter().any(|h| h.eq_ignore_ascii_case(s)));
+            match elsewhere {
+                Some(scope) if round % 4 == 2 => {
+                    let patch = json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": scope}]}});
+                    h.grants.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+                    moved_unrecorded += 1;
+                }
+                _ if round % 4 == 0 && live.contains(&name) => {
+                    live.retain(|l| *l != name);
+                    h.grants.delete(&name, &DeleteParams::default()).await.expect("delete");
+                    deleted.push(name.clone());
+                    deleted_unrecorded += 1;
+                }
+                _ => {}
+            }
         }
     }
     assert_eq!(kills, 50);
@@ -182,8 +205,15 @@ async fn sigkill_fifty_times_over_a_live_workload() {
     settle(&h, &live, &deleted).await;
     sigkill(&mut child);
     h.assert_invariant(&[]).await;
-    println!("50 SIGKILLs, {mid_write} between an Azure write and the status patch recording it");
+    println!(
+        "50 SIGKILLs, {mid_write} between an Azure write and the status patch recording it; then \
+         {moved_unrecorded} such grants moved to another scope, {deleted_unrecorded} deleted"
+    );
     assert!(mid_write > 0, "no kill landed between an Azure write and its status patch: the test proves less");
+    assert!(
+        moved_unrecorded > 0 && deleted_unrecorded > 0,
+        "no grant changed or went before its write was recorded: the test proves less"
+    );
     h.stop().await;
 }
 

@@ -247,6 +247,14 @@ pub struct DatabricksIdentityGrantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_assignments: Vec<String>,
 
+    /// ARM ids of role assignments the operator is creating for this grant: recorded before
+    /// the write, so an operator stopped between the write and this status update cannot leave
+    /// an assignment behind that no grant records. Treated like `managedAssignments` when the
+    /// grant no longer wants them or is deleted; an id leaves this list when its assignment
+    /// is created (then it is in `managedAssignments`) or no longer wanted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creating_assignments: Vec<String>,
+
     /// Role assignments the principal holds at the grant's scopes that no grant declares.
     /// Reported, never touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -9,6 +9,7 @@
 pub mod claims;
 pub mod conditions;
 pub mod events;
+pub mod lenient;
 pub mod plan;
 pub mod policy_status;
 pub mod reconcile;
@@ -255,7 +256,8 @@ fn spawn_gauges(ctx: Arc<Context>) {
         // The grant controller's own store does not expose a sync signal we can await here;
         // one successful list shows the API is reachable and the CRD served.
         let grants: Api<DatabricksIdentityGrant> = Api::all(ctx.client.clone());
-        while let Err(e) = grants.list(&kube::api::ListParams::default().limit(1)).await {
+        // Metadata only: one unreadable grant must not keep the operator unready.
+        while let Err(e) = grants.list_metadata(&kube::api::ListParams::default().limit(1)).await {
             warn!(error = %e, "not ready: cannot list grants");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -328,13 +330,15 @@ fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiv
     });
 }
 
-/// Keeps a reflector store of `K` up to date until the process ends.
-fn reflect<K>(api: Api<K>) -> Store<K>
+/// Keeps a reflector store of `K` from a watch up to date until the process ends.
+fn reflect<K>(
+    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watch).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
@@ -358,8 +362,8 @@ async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
 pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     // Only the replica that leads (or the only one) runs this.
     ctx.metrics.leader.set(1);
-    let _ = ctx.policies.set(reflect(Api::<GrantPolicy>::all(ctx.client.clone())));
-    let _ = ctx.namespaces.set(reflect(Api::<Namespace>::all(ctx.client.clone())));
+    let _ = ctx.policies.set(reflect(lenient::watch::<GrantPolicy>(ctx.client.clone(), None)));
+    let _ = ctx.namespaces.set(reflect(watcher(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default())));
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -369,15 +373,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
     let controllers: Vec<Controller<DatabricksIdentityGrant>> = namespaces
         .iter()
         .map(|ns| {
-            let api: Api<DatabricksIdentityGrant> = match ns {
-                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-                None => Api::all(ctx.client.clone()),
-            };
             let (trigger, triggered) = futures::channel::mpsc::unbounded();
             ctx.triggers.lock().unwrap_or_else(|p| p.into_inner()).push((ns.clone(), trigger));
             let (reader, writer) = reflector::store();
             let (index, mut relists) = (ctx.clone(), claims::RelistTracker::new(ns.clone()));
-            let grants = watcher(api, watcher::Config::default())
+            let grants = lenient::watch::<DatabricksIdentityGrant>(ctx.client.clone(), ns.as_deref())
                 // managedFields are never read and are most of a real API server's object size.
                 .modify(|g: &mut DatabricksIdentityGrant| g.managed_fields_mut().clear())
                 .reflect(writer)
@@ -390,9 +390,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             let policy_generations: Mutex<HashMap<String, Option<i64>>> = Mutex::default();
             let namespace_labels: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>> = Mutex::default();
             controller
-                .watches(
-                    Api::<GrantPolicy>::all(ctx.client.clone()),
-                    watcher::Config::default(),
+                .watches_stream(
+                    lenient::watch::<GrantPolicy>(ctx.client.clone(), None).touched_objects(),
                     move |p: GrantPolicy| {
                         let name = p.metadata.name.clone().unwrap_or_default();
                         let previous = policy_generations
@@ -440,8 +439,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
                 .boxed()
         })
         .collect();
+    let (policy_reader, policy_writer) = reflector::store();
+    let policies = lenient::watch::<GrantPolicy>(ctx.client.clone(), None).reflect(policy_writer).applied_objects();
     runs.push(
-        Controller::new(Api::<GrantPolicy>::all(ctx.client.clone()), watcher::Config::default())
+        Controller::for_stream(policies, policy_reader)
             .graceful_shutdown_on(shutdown_signal(shutdown.clone()))
             .run(policy_status::reconcile, policy_status::error_policy, ctx.clone())
             .for_each(|_| async {})

@@ -163,6 +163,7 @@ pub fn plan(
     desired: &[DesiredAssignment],
     observed: &[ObservedAssignment],
     managed: &[(ResourceId, String)],
+    creating: &[(ResourceId, String)],
     others: &OtherGrants,
     created_at: &str,
 ) -> Plan {
@@ -205,9 +206,12 @@ pub fn plan(
         out.steps.push(step);
     }
     let wanted: HashSet<String> = desired.iter().map(|d| d.name.to_ascii_lowercase()).collect();
-    for (scope, name) in managed {
+    // Writes whose outcome was never recorded may have created the assignment: removed like
+    // recorded ones when no longer wanted (a 404 then is fine), but never counted as drift.
+    let mut candidates: HashSet<String> = HashSet::new();
+    for (scope, name) in managed.iter().chain(creating) {
         let name = name.to_ascii_lowercase();
-        if wanted.contains(&name) {
+        if wanted.contains(&name) || !candidates.insert(name.clone()) {
             continue;
         }
         if others.wanted.contains(&name) {
@@ -311,6 +315,7 @@ mod tests {
             &want,
             &observed,
             &[(want[3].scope.clone(), want[3].name.clone())],
+            &[],
             &OtherGrants::default(),
             "2026-01-01T00:00:00Z",
         );
@@ -331,10 +336,28 @@ mod tests {
         let observed = vec![observed_from(&old, &old.name), observed_from(&shared, &shared.name)];
         let others = OtherGrants { wanted: [shared.name.clone()].into(), claims: vec![] };
         let managed = [(old.scope.clone(), old.name.clone()), (shared.scope.clone(), shared.name.clone())];
-        let p = plan(&want, &observed, &managed, &others, "t");
+        let p = plan(&want, &observed, &managed, &[], &others, "t");
         assert_eq!(p.deletions, vec![(old.scope.clone(), old.name.clone())]);
         assert_eq!(p.released, vec![shared.name.clone()]);
         assert_eq!(p.steps, vec![Step::Create { drift: false }]);
+    }
+
+    #[test]
+    fn unconfirmed_writes_are_removed_when_unwanted_and_never_drift() {
+        let written_then_changed = desired(0, "rg-old", 1, None);
+        let still_wanted = desired(0, "rg-new", 1, None);
+        let want = vec![still_wanted.clone()];
+        let creating = [
+            (written_then_changed.scope.clone(), written_then_changed.name.clone()),
+            (still_wanted.scope.clone(), still_wanted.name.clone()),
+        ];
+        let p = plan(&want, &[], &[], &creating, &OtherGrants::default(), "t");
+        assert_eq!(p.deletions, vec![(written_then_changed.scope.clone(), written_then_changed.name.clone())]);
+        assert_eq!(p.steps, vec![Step::Create { drift: false }], "a write never confirmed is not drift");
+        // Recorded as both (a write confirmed by a list before its status update): one deletion.
+        let both = [(written_then_changed.scope.clone(), written_then_changed.name.clone())];
+        let p = plan(&[], &[], &both, &both, &OtherGrants::default(), "t");
+        assert_eq!(p.deletions.len(), 1);
     }
 
     #[test]
@@ -345,10 +368,10 @@ mod tests {
             wanted: [name.clone()].into(),
             claims: vec![(name.clone(), Some("theirs".into()), "ns/older".into(), "2026-01-01T00:00:00Z".into())],
         };
-        let p = plan(&want, &[], &[], &older, "2026-02-01T00:00:00Z");
+        let p = plan(&want, &[], &[], &[], &older, "2026-02-01T00:00:00Z");
         assert_eq!(p.steps, vec![Step::Conflict { with: "ns/older".into() }]);
         // The same claim from a younger grant does not block this one.
-        let p = plan(&want, &[], &[], &older, "2025-12-01T00:00:00Z");
+        let p = plan(&want, &[], &[], &[], &older, "2025-12-01T00:00:00Z");
         assert_eq!(p.steps, vec![Step::Create { drift: false }]);
         assert!(p.notes[0].1.contains("ns/older"), "the older grant reports the conflict too");
         // Same condition is sharing, not a conflict.
@@ -356,7 +379,10 @@ mod tests {
             wanted: [name.clone()].into(),
             claims: vec![(name, Some("mine".into()), "ns/older".into(), "2026-01-01T00:00:00Z".into())],
         };
-        assert_eq!(plan(&want, &[], &[], &same, "2026-02-01T00:00:00Z").steps, vec![Step::Create { drift: false }]);
+        assert_eq!(
+            plan(&want, &[], &[], &[], &same, "2026-02-01T00:00:00Z").steps,
+            vec![Step::Create { drift: false }]
+        );
     }
 
     #[test]
@@ -365,7 +391,7 @@ mod tests {
         let foreign_role = desired(0, "rg-a", 9, None);
         let elsewhere = desired(0, "rg-zzz", 9, None);
         let observed = vec![observed_from(&foreign_role, "f1"), observed_from(&elsewhere, "f2")];
-        let p = plan(&want, &observed, &[], &OtherGrants::default(), "t");
+        let p = plan(&want, &observed, &[], &[], &OtherGrants::default(), "t");
         assert_eq!(p.unmanaged.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["f1"]);
         assert!(p.deletions.is_empty());
     }

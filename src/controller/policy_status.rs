@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -18,7 +18,11 @@ use crate::policy::evaluate::selects;
 
 pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let previous = policy.status.clone().unwrap_or_default();
-    let (ready, governed_namespaces, governed_grants) = match validate_policy_spec(&policy.spec) {
+    let validated = match super::lenient::unreadable(policy.as_ref()) {
+        Some(problem) => Err(problem.to_owned()),
+        None => validate_policy_spec(&policy.spec).map_err(|e| e.to_string()),
+    };
+    let (ready, governed_namespaces, governed_grants) = match validated {
         Ok(valid) => {
             let namespaces: Vec<String> = ctx
                 .namespace_names()
@@ -50,7 +54,8 @@ pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Ac
         governed_grants: i32::try_from(governed_grants).unwrap_or(i32::MAX),
     };
     if status != previous {
-        let api: Api<GrantPolicy> = Api::all(ctx.client.clone());
+        // Untyped, so the response decodes even for a policy stored with junk (see `lenient`).
+        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::erase::<GrantPolicy>(&()));
         api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
             .await?;
     }

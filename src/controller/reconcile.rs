@@ -126,6 +126,9 @@ fn policy_gate(
         .policies()
         .iter()
         .filter_map(|p| {
+            if super::lenient::unreadable(p.as_ref()).is_some() {
+                return None;
+            }
             let valid = crate::api::validation::validate_policy_spec(&p.spec).ok()?;
             selects(&valid.namespace_selector, &labels).then(|| (p.name_any(), valid))
         })
@@ -177,16 +180,78 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %grant.name_any(), generation = grant.metadata.generation.unwrap_or_default());
     let _entered = span.enter();
     let started = std::time::Instant::now();
+    if let Some(problem) = super::lenient::unreadable(grant.as_ref()) {
+        let problem = problem.to_owned();
+        let result = unreadable(&grant, &ctx, problem).await;
+        ctx.metrics.observe_reconcile(result.is_ok(), started);
+        return result;
+    }
     let result = finalizer(&api, FINALIZER, grant, |event| async {
         match event {
-            Event::Apply(g) => apply(&g, &api, &ctx).await,
-            Event::Cleanup(g) => cleanup(&g, &api, &ctx).await,
+            Event::Apply(g) => apply(&g, &ctx).await,
+            Event::Cleanup(g) => cleanup(&g, &ctx).await,
         }
     })
     .await
     .map_err(|e| ReconcileError::Finalizer(e.to_string()));
     ctx.metrics.observe_reconcile(result.is_ok(), started);
     result
+}
+
+/// A grant stored with a spec that does not fit the type (admission bypassed): reported as
+/// InvalidSpec, never acted on. The finalizer helper cannot be used: it reads the object back
+/// typed. Deleting it removes what its status records as created (when its deletionPolicy is
+/// readable and `Delete`) and then the finalizer.
+async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: String) -> Result<Action, ReconcileError> {
+    let has_finalizer = grant.finalizers().iter().any(|f| f == FINALIZER);
+    if grant.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        let recorded = grant.status.as_ref().map_or(0, |s| s.managed_assignments.len());
+        if grant.spec.deletion_policy == crate::api::DeletionPolicy::Retain && recorded > 0 {
+            let message = format!(
+                "deleted with an unreadable spec ({problem}); its {recorded} role assignments are left in Azure: {}",
+                grant.status.iter().flat_map(|s| &s.managed_assignments).cloned().collect::<Vec<_>>().join(", ")
+            );
+            publish(grant, ctx, vec![(EventType::Warning, "AssignmentsRetained", message)]).await;
+        }
+        cleanup(grant, ctx).await?;
+        let remaining: Vec<&String> = grant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        // resourceVersion makes the patch fail rather than drop a finalizer added meanwhile.
+        raw_api(grant, ctx)
+            .patch(
+                &grant.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {
+                    "finalizers": remaining,
+                    "resourceVersion": grant.resource_version(),
+                }})),
+            )
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let previous = grant.status.clone().unwrap_or_default();
+    let status = DatabricksIdentityGrantStatus {
+        managed_assignments: previous.managed_assignments.clone(),
+        creating_assignments: previous.creating_assignments.clone(),
+        drift_corrections: previous.drift_corrections,
+        // As for any invalid spec: what it created stays on record (and in Azure) until fixed.
+        ..Default::default()
+    };
+    let decided = vec![Decided::new(conditions::READY, false, "InvalidSpec", problem.clone())];
+    finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", problem)]).await?;
+    Ok(Action::await_change())
+}
+
+/// The grant's API, untyped: its responses decode even when the stored object does not fit
+/// [`DatabricksIdentityGrant`] (see [`super::lenient`]).
+fn raw_api(grant: &DatabricksIdentityGrant, ctx: &Context) -> Api<kube::api::DynamicObject> {
+    Api::namespaced_with(
+        ctx.client.clone(),
+        &grant.namespace().unwrap_or_default(),
+        &kube::api::ApiResource::erase::<DatabricksIdentityGrant>(&()),
+    )
 }
 
 /// Requeue after an error the reconcile could not record in status: mostly the Kubernetes API
@@ -276,14 +341,11 @@ fn other_grants(grant: &DatabricksIdentityGrant, ctx: &Context, relevant: &HashS
     ctx.claims.others(grant.meta().uid.as_deref(), relevant)
 }
 
-async fn apply(
-    grant: &DatabricksIdentityGrant,
-    api: &Api<DatabricksIdentityGrant>,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
+async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action, ReconcileError> {
     let previous = grant.status.clone().unwrap_or_default();
     let mut status = DatabricksIdentityGrantStatus {
         managed_assignments: previous.managed_assignments.clone(),
+        creating_assignments: previous.creating_assignments.clone(),
         drift_corrections: previous.drift_corrections,
         ..Default::default()
     };
@@ -296,8 +358,7 @@ async fn apply(
         Err(errors) => {
             let message = errors.to_string();
             decided.push(Decided::new(conditions::READY, false, "InvalidSpec", message.clone()));
-            finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", message)])
-                .await?;
+            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", message)]).await?;
             return Ok(Action::await_change());
         }
     };
@@ -306,7 +367,7 @@ async fn apply(
         Ok(arm) => arm,
         Err(message) => {
             decided.push(Decided::new(conditions::READY, false, "CredentialError", message.clone()));
-            finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "CredentialError", message)])
+            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "CredentialError", message)])
                 .await?;
             return Ok(Action::requeue(ctx.slow_retry()));
         }
@@ -323,16 +384,8 @@ async fn apply(
                     entry(grant, i, AssignmentState::Pending, e.reason, "waiting for the identity to resolve".into())
                 })
                 .collect();
-            finish(
-                grant,
-                api,
-                ctx,
-                status,
-                decided,
-                &previous,
-                vec![(EventType::Warning, e.reason, e.message.clone())],
-            )
-            .await?;
+            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, e.reason, e.message.clone())])
+                .await?;
             let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
             return Ok(ctx.action(&key(grant), retry));
         }
@@ -437,16 +490,44 @@ async fn apply(
     // 7. Plan.
     let managed: Vec<(ResourceId, String)> =
         status.managed_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
+    let creating: Vec<(ResourceId, String)> =
+        previous.creating_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
     let created_at = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
     let relevant: HashSet<String> = desired
         .iter()
         .map(|d| d.name.to_ascii_lowercase())
-        .chain(managed.iter().map(|(_, name)| name.to_ascii_lowercase()))
+        .chain(managed.iter().chain(&creating).map(|(_, name)| name.to_ascii_lowercase()))
         .chain(observed.iter().map(|o| o.name.to_ascii_lowercase()))
         .collect();
     let others = other_grants(grant, ctx, &relevant);
-    let the_plan = plan(&desired, &observed, &managed, &others, &created_at);
+    let the_plan = plan(&desired, &observed, &managed, &creating, &others, &created_at);
     let enforce = validated.management_policy == ManagementPolicy::Enforce;
+
+    // 8a. Record the assignments about to be created before creating them: stopped between a
+    // PUT and the status update, the operator would otherwise not know an assignment it made
+    // once the grant stops wanting it (kill loop, tests/kill_loop.rs).
+    let mut creating_ids: std::collections::BTreeMap<String, String> =
+        previous.creating_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect();
+    if enforce {
+        let before = creating_ids.len();
+        for (d, step) in desired.iter().zip(&the_plan.steps) {
+            if matches!(step, Step::Create { .. }) && !unreadable.contains_key(&d.scope.normalized()) {
+                let id = assignment_id(&d.scope, &d.name);
+                creating_ids.entry(id.to_ascii_lowercase()).or_insert(id);
+            }
+        }
+        if creating_ids.len() > before {
+            let ids: Vec<&String> = creating_ids.values().collect();
+            raw_api(grant, ctx)
+                .patch_status(
+                    &grant.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": {"creatingAssignments": ids}})),
+                )
+                .await?;
+            ctx.metrics.status_writes.inc();
+        }
+    }
 
     // 8. Act.
     // Keyed case-insensitively (Azure ids are), keeping the canonical spelling for status.
@@ -454,6 +535,8 @@ async fn apply(
         status.managed_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect();
     for (d, step) in desired.iter().zip(&the_plan.steps) {
         let id = assignment_id(&d.scope, &d.name);
+        // Settled below unless its write's outcome stays unknown.
+        let intent = creating_ids.remove(&id.to_ascii_lowercase());
         let described = format!("{} at {}", grant.spec.role_assignments[d.index].role, d.scope);
         let mut st = entry(grant, d.index, AssignmentState::Pending, "Pending", String::new());
         st.role_definition_id = Some(d.role_definition_id.clone());
@@ -464,6 +547,7 @@ async fn apply(
             st.reason = Some(e.code().to_owned());
             st.message = Some(format!("cannot list assignments at the scope: {e}"));
             entries[d.index] = Some(st);
+            creating_ids.extend(intent.map(|i| (i.to_ascii_lowercase(), i)));
             continue;
         }
         match step {
@@ -590,6 +674,9 @@ async fn apply(
                     ));
                 }
                 Err(e) => {
+                    // Kept while the write is retried (even a refused one: dropping it and
+                    // recording it again each retry would make every retry two status writes).
+                    creating_ids.extend(intent.clone().map(|i| (i.to_ascii_lowercase(), i)));
                     retry = retry.worst(RetryClass::of(&e));
                     st.state = if e.is_retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
                     st.reason = Some(e.code().to_owned());
@@ -612,6 +699,7 @@ async fn apply(
     let mut pending_removals = Vec::new();
     for name in &the_plan.released {
         managed_ids.retain(|id, _| !id.ends_with(&format!("/{name}")));
+        creating_ids.retain(|id, _| !id.ends_with(&format!("/{name}")));
     }
     for (scope, name) in &the_plan.deletions {
         let id = assignment_id(scope, name).to_ascii_lowercase();
@@ -626,12 +714,15 @@ async fn apply(
         match result {
             Ok(_) | Err(ArmError::NotFound { .. }) => {
                 ctx.scopes.record_delete(scope, name).await;
-                managed_ids.remove(&id);
-                events.push((
-                    EventType::Normal,
-                    "Deleted",
-                    format!("removed assignment {id}: the grant no longer asks for it"),
-                ));
+                // A write never confirmed that turns out not to exist was not "removed".
+                let recorded = managed_ids.remove(&id).is_some();
+                if creating_ids.remove(&id).is_none() || recorded || result.is_ok() {
+                    events.push((
+                        EventType::Normal,
+                        "Deleted",
+                        format!("removed assignment {id}: the grant no longer asks for it"),
+                    ));
+                }
             }
             Err(e) => {
                 retry = retry.worst(RetryClass::of(&e));
@@ -639,6 +730,8 @@ async fn apply(
             }
         }
     }
+    creating_ids.retain(|id, _| !managed_ids.contains_key(id));
+    status.creating_assignments = creating_ids.into_values().collect();
     status.managed_assignments = managed_ids.into_values().collect();
     status.unmanaged_assignments = the_plan
         .unmanaged
@@ -712,7 +805,7 @@ async fn apply(
             ),
         ),
     });
-    finish(grant, api, ctx, status, decided, &previous, events).await?;
+    finish(grant, ctx, status, decided, &previous, events).await?;
     if retry == RetryClass::Resync {
         ctx.reset_backoff(&key(grant));
     }
@@ -723,7 +816,6 @@ async fn apply(
 /// publishes events.
 async fn finish(
     grant: &DatabricksIdentityGrant,
-    api: &Api<DatabricksIdentityGrant>,
     ctx: &Context,
     mut status: DatabricksIdentityGrantStatus,
     decided: Vec<Decided>,
@@ -745,6 +837,7 @@ async fn finish(
                 "roleAssignments",
                 "assigned",
                 "managedAssignments",
+                "creatingAssignments",
                 "unmanagedAssignments",
                 "conditions",
                 "lastSyncTime",
@@ -753,9 +846,17 @@ async fn finish(
                 map.entry(field).or_insert(Value::Null);
             }
         }
-        api.patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": value}))).await?;
+        raw_api(grant, ctx)
+            .patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": value})))
+            .await?;
         ctx.metrics.status_writes.inc();
     }
+    publish(grant, ctx, events).await;
+    Ok(())
+}
+
+/// Publishes events, one per (type, reason).
+async fn publish(grant: &DatabricksIdentityGrant, ctx: &Context, events: Vec<(EventType, &'static str, String)>) {
     let reference = grant.object_ref(&());
     // One Event per reason per reconcile (notes joined): a grant with ten assignments makes one
     // "Created" Event, not ten API writes.
@@ -776,25 +877,17 @@ async fn finish(
             warn!(error = %e, "cannot publish event");
         }
     }
-    Ok(())
 }
 
-async fn cleanup(
-    grant: &DatabricksIdentityGrant,
-    api: &Api<DatabricksIdentityGrant>,
-    ctx: &Context,
-) -> Result<Action, ReconcileError> {
+async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action, ReconcileError> {
     if grant.spec.deletion_policy == crate::api::DeletionPolicy::Retain {
         info!(grant = %key(grant), "deletionPolicy Retain: leaving role assignments in Azure");
         return Ok(Action::await_change());
     }
     let previous = grant.status.clone().unwrap_or_default();
-    let relevant: HashSet<String> = previous
-        .managed_assignments
-        .iter()
-        .filter_map(|id| id.rsplit('/').next())
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let recorded: Vec<&String> = previous.managed_assignments.iter().chain(&previous.creating_assignments).collect();
+    let relevant: HashSet<String> =
+        recorded.iter().filter_map(|id| id.rsplit('/').next()).map(str::to_ascii_lowercase).collect();
     let others = other_grants(grant, ctx, &relevant);
     let arm = match validate_grant_spec(&grant.spec) {
         Ok(v) => arm_client(grant, &v, ctx).await.map_err(ReconcileError::Cleanup)?,
@@ -802,7 +895,7 @@ async fn cleanup(
     };
     let mut failures = Vec::new();
     let mut remaining = Vec::new();
-    for id in &previous.managed_assignments {
+    for id in recorded {
         let Some((scope, name)) = split_assignment_id(id) else { continue };
         if others.wanted.contains(&name) {
             continue;
@@ -828,8 +921,12 @@ async fn cleanup(
     let message =
         format!("cannot remove role assignments, the finalizer stays until they are removed: {}", failures.join("; "));
     let decided = vec![Decided::new(conditions::READY, false, "CleanupFailed", message.clone())];
-    let status = DatabricksIdentityGrantStatus { managed_assignments: remaining, ..previous.clone() };
-    finish(grant, api, ctx, status, decided, &previous, vec![(EventType::Warning, "CleanupFailed", message.clone())])
+    let status = DatabricksIdentityGrantStatus {
+        managed_assignments: remaining,
+        creating_assignments: Vec::new(),
+        ..previous.clone()
+    };
+    finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "CleanupFailed", message.clone())])
         .await?;
     Err(ReconcileError::Cleanup(message))
 }
