@@ -379,6 +379,9 @@ async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Re
 /// moment, and a fresh list missing our own new assignment is not drift.
 struct ScopeList {
     at: Instant,
+    /// The scope as Azure spells it in this list's entries.
+    scope: String,
+    /// Compacted (see [`compact`]).
     assignments: Vec<RoleAssignment>,
     own_writes: HashMap<String, (Instant, RoleAssignment)>,
 }
@@ -389,21 +392,48 @@ type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
 /// How long our own PUT is assumed to be on its way into list results.
 const OWN_WRITE_GRACE: Duration = Duration::from_secs(60);
 
-/// What a list compares by: everything a grant's plan looks at.
+/// What a list compares by: everything a grant's plan looks at (every entry has the list's scope).
 fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
     list.iter()
         .map(|a| {
             let p = &a.properties;
             format!(
-                "{}|{}|{}|{}|{}",
+                "{}|{}|{}|{}",
                 a.name.to_ascii_lowercase(),
                 p.role_definition_id.to_ascii_lowercase(),
                 p.principal_id.to_ascii_lowercase(),
-                p.scope.as_deref().unwrap_or_default().to_ascii_lowercase(),
                 p.condition.as_deref().unwrap_or_default()
             )
         })
         .collect()
+}
+
+fn id_at(scope: &str, name: &str) -> String {
+    format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}")
+}
+
+/// A cached entry without its `id` and `properties.scope` when those are just the list's scope
+/// (as they almost always are): two long strings per assignment, megabytes at 9000 assignments.
+/// Lossless: anything spelled otherwise is kept. [`expand`] restores them.
+fn compact(scope: &str, mut a: RoleAssignment) -> RoleAssignment {
+    if a.properties.scope.as_deref() == Some(scope) {
+        a.properties.scope = None;
+        if a.id == id_at(scope, &a.name) {
+            a.id = String::new();
+        }
+    }
+    a
+}
+
+fn expand(scope: &str, a: &RoleAssignment) -> RoleAssignment {
+    let mut a = a.clone();
+    if a.properties.scope.is_none() {
+        if a.id.is_empty() {
+            a.id = id_at(scope, &a.name);
+        }
+        a.properties.scope = Some(scope.to_owned());
+    }
+    a
 }
 
 /// Role assignments per scope, shared by every grant. The controller's scope refresher lists
@@ -474,22 +504,33 @@ impl ScopeAssignments {
 
     /// Stores a fresh list plus our own writes it lags behind. Returns whether it differs from
     /// what was cached.
-    fn store(slot: &mut Option<ScopeList>, fresh: Vec<RoleAssignment>, lagging: &[String]) -> bool {
+    fn store(
+        slot: &mut Option<ScopeList>,
+        listed: &ResourceId,
+        fresh: Vec<RoleAssignment>,
+        lagging: &[String],
+    ) -> bool {
         let now = Instant::now();
         let (previous, mut own) = slot.take().map(|s| (s.assignments, s.own_writes)).unwrap_or_default();
         own.retain(|name, (at, _)| {
             now.duration_since(*at) < OWN_WRITE_GRACE
                 && (lagging.contains(name) || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)))
         });
-        let mut assignments = fresh;
+        let scope = fresh.first().and_then(|a| a.properties.scope.clone()).unwrap_or_else(|| listed.to_string());
+        let mut assignments: Vec<RoleAssignment> = fresh.into_iter().map(|a| compact(&scope, a)).collect();
         for name in lagging {
             if let Some((_, assignment)) = own.get(name) {
-                assignments.push(assignment.clone());
+                assignments.push(compact(&scope, assignment.clone()));
             }
         }
+        assignments.shrink_to_fit();
         let changed = fingerprint(&previous) != fingerprint(&assignments);
-        *slot = Some(ScopeList { at: now, assignments, own_writes: own });
+        *slot = Some(ScopeList { at: now, scope, assignments, own_writes: own });
         changed
+    }
+
+    fn expanded(list: &ScopeList) -> Vec<RoleAssignment> {
+        list.assignments.iter().map(|a| expand(&list.scope, a)).collect()
     }
 
     /// Assignments at exactly `scope`; at most one ARM list per scope per TTL, even when many
@@ -498,11 +539,11 @@ impl ScopeAssignments {
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
         if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < self.ttl) {
-            return Ok(entry.assignments.clone());
+            return Ok(Self::expanded(entry));
         }
         let (fresh, lagging) = Self::read(arm, scope, &guard).await?;
-        Self::store(&mut guard, fresh, &lagging);
-        Ok(guard.as_ref().map(|e| e.assignments.clone()).unwrap_or_default())
+        Self::store(&mut guard, scope, fresh, &lagging);
+        Ok(guard.as_ref().map(Self::expanded).unwrap_or_default())
     }
 
     /// Scopes in use (a grant read them within two `period`s) whose list is at least `period`
@@ -542,7 +583,7 @@ impl ScopeAssignments {
         };
         let mut guard = slot.lock().await;
         match Self::read(arm, scope, &guard).await {
-            Ok((fresh, lagging)) => Ok(Self::store(&mut guard, fresh, &lagging)),
+            Ok((fresh, lagging)) => Ok(Self::store(&mut guard, scope, fresh, &lagging)),
             Err(e) => {
                 *guard = None;
                 Err(e)
@@ -554,7 +595,8 @@ impl ScopeAssignments {
     pub async fn cached(&self, scope: &ResourceId, name: &str) -> Option<RoleAssignment> {
         let slot = self.slot(scope);
         let guard = slot.lock().await;
-        guard.as_ref()?.assignments.iter().find(|a| a.name.eq_ignore_ascii_case(name)).cloned()
+        let list = guard.as_ref()?;
+        list.assignments.iter().find(|a| a.name.eq_ignore_ascii_case(name)).map(|a| expand(&list.scope, a))
     }
 
     /// Records our own PUT in the cached list.
@@ -564,7 +606,7 @@ impl ScopeAssignments {
         if let Some(entry) = guard.as_mut() {
             entry.assignments.retain(|a| !a.name.eq_ignore_ascii_case(&assignment.name));
             entry.own_writes.insert(assignment.name.to_ascii_lowercase(), (Instant::now(), assignment.clone()));
-            entry.assignments.push(assignment);
+            entry.assignments.push(compact(&entry.scope, assignment));
         }
     }
 
@@ -604,20 +646,44 @@ mod scope_cache_tests {
     #[test]
     fn a_fresh_list_reports_changes_and_keeps_own_writes_it_lags_behind() {
         let mut slot = None;
-        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]), "first list is a change");
-        assert!(!ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]), "same list, no change");
+        let scope = ResourceId::parse("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f").expect("scope");
+        let store = |slot: &mut Option<ScopeList>, fresh, lagging: &[String]| {
+            ScopeAssignments::store(slot, &scope, fresh, lagging)
+        };
+        assert!(store(&mut slot, vec![assignment("a")], &[]), "first list is a change");
+        assert!(!store(&mut slot, vec![assignment("a")], &[]), "same list, no change");
         // Our own PUT of "b", not yet in lists, confirmed by GET (lagging): kept, no change.
         if let Some(list) = slot.as_mut() {
             list.assignments.push(assignment("b"));
             list.own_writes.insert("b".into(), (Instant::now(), assignment("b")));
         }
-        assert!(!ScopeAssignments::store(&mut slot, vec![assignment("a")], &["b".into()]));
+        assert!(!store(&mut slot, vec![assignment("a")], &["b".into()]));
         assert_eq!(slot.as_ref().map(|l| l.assignments.len()), Some(2));
         // GET said it is gone: drift, reported as a change, and forgotten.
-        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a")], &[]));
+        assert!(store(&mut slot, vec![assignment("a")], &[]));
         assert_eq!(slot.as_ref().map(|l| (l.assignments.len(), l.own_writes.len())), Some((1, 0)));
         // Someone else's new assignment is a change.
-        assert!(ScopeAssignments::store(&mut slot, vec![assignment("a"), assignment("c")], &[]));
+        assert!(store(&mut slot, vec![assignment("a"), assignment("c")], &[]));
+    }
+
+    #[test]
+    fn cached_entries_are_compacted_losslessly() {
+        let scope = "/subscriptions/s/resourceGroups/rg";
+        let usual = RoleAssignment {
+            id: id_at(scope, "a"),
+            name: "a".into(),
+            properties: RoleAssignmentProperties { scope: Some(scope.into()), ..assignment("a").properties },
+        };
+        let compacted = compact(scope, usual.clone());
+        assert!(compacted.id.is_empty() && compacted.properties.scope.is_none(), "{compacted:?}");
+        assert_eq!(expand(scope, &compacted), usual);
+        // Spelled otherwise than the list's scope: kept as it came.
+        let mut odd = usual.clone();
+        odd.properties.scope = Some(scope.to_uppercase());
+        assert_eq!(expand(scope, &compact(scope, odd.clone())), odd);
+        let mut odd_id = usual.clone();
+        odd_id.id = odd_id.id.to_uppercase();
+        assert_eq!(expand(scope, &compact(scope, odd_id.clone())), odd_id);
     }
 
     #[test]
@@ -628,7 +694,7 @@ mod scope_cache_tests {
         let slot = cache.slot(&scope);
         assert_eq!(cache.due(Duration::from_secs(10)), vec![scope.clone()], "never listed: due");
         if let Ok(mut guard) = slot.try_lock() {
-            ScopeAssignments::store(&mut guard, Vec::new(), &[]);
+            ScopeAssignments::store(&mut guard, &scope, Vec::new(), &[]);
         }
         let period = Duration::from_millis(200);
         assert!(cache.due(period).is_empty(), "just listed: not due");
