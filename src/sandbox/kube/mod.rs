@@ -30,6 +30,10 @@ pub struct KubeFaults {
     pub latency_ms: u64,
     /// Answer the next this many requests with `fail_status`.
     pub fail_next: u32,
+    /// Answer this fraction of requests (0.0–1.0) with `fail_status`: a failure rate that does
+    /// not depend on load (a fixed count per period fails nearly every request once little is
+    /// happening, which no client can get through).
+    pub fail_rate: f64,
     /// 500 or 429.
     pub fail_status: u16,
     /// Answer the next this many updates and patches of custom resources (not their status)
@@ -127,11 +131,12 @@ impl KubeEmulator {
 
     fn take_injected_failure(&self) -> Option<u16> {
         let mut faults = lock(&self.faults);
-        if faults.fail_next == 0 {
-            return None;
+        let status = if faults.fail_status == 0 { 500 } else { faults.fail_status };
+        if faults.fail_next > 0 {
+            faults.fail_next -= 1;
+            return Some(status);
         }
-        faults.fail_next -= 1;
-        Some(if faults.fail_status == 0 { 500 } else { faults.fail_status })
+        (faults.fail_rate > 0.0 && rand::random::<f64>() < faults.fail_rate).then_some(status)
     }
 
     fn take_injected_conflict(&self, group: &str) -> bool {
