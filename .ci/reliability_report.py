@@ -43,7 +43,7 @@ lines += [
     "(`src/azure/role_ref.rs`), the glob matcher (`src/policy/glob.rs`) and policy evaluation",
     "(`src/policy/evaluate.rs`); fuzz targets for local runs are in `tests/fuzz` (README).",
     "The 5000-grant load under faults is a benchmark run (`cargo bench --bench converge -- --grants",
-    "5000 --faults`), not a CI test; its result is in [benchmarks.md](benchmarks.md).",
+    "5000 --faults --throttle-scale 10`), not a CI test; its result is in [benchmarks.md](benchmarks.md).",
     "",
 ]
 out = root / "docs" / "reliability.md"
