@@ -44,6 +44,21 @@ pub enum ReconcileError {
     Cleanup(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The grant changed after this reconcile read it (its status patch carried the
+    /// resourceVersion it read and got 409): the reconcile runs again on the latest version.
+    /// Without this, a reconcile started from a store one event behind overwrote a newer status
+    /// (e.g. reset a drift counter the previous reconcile had just raised).
+    #[error("stale read: the grant changed since it was read")]
+    StaleRead,
+}
+
+impl ReconcileError {
+    fn from_status_patch(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) if status.code == 409 => ReconcileError::StaleRead,
+            other => ReconcileError::Kube(other),
+        }
+    }
 }
 
 /// How the next reconcile should be scheduled.
@@ -193,9 +208,19 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
         }
     })
     .await
-    .map_err(|e| ReconcileError::Finalizer(e.to_string()));
-    ctx.metrics.observe_reconcile(result.is_ok(), started);
-    result
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(ReconcileError::StaleRead)
+        | kube::runtime::finalizer::Error::CleanupFailed(ReconcileError::StaleRead) => ReconcileError::StaleRead,
+        other => ReconcileError::Finalizer(other.to_string()),
+    });
+    ctx.metrics.observe_reconcile(result.is_ok() || matches!(result, Err(ReconcileError::StaleRead)), started);
+    match result {
+        Err(ReconcileError::StaleRead) => {
+            tracing::debug!("the grant changed while reconciling; again on the latest version");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        other => other,
+    }
 }
 
 /// A grant stored with a spec that does not fit the type (admission bypassed): reported as
@@ -240,7 +265,16 @@ async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: Str
         ..Default::default()
     };
     let decided = vec![Decided::new(conditions::READY, false, "InvalidSpec", problem.clone())];
-    finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", problem)]).await?;
+    finish(
+        grant,
+        grant.resource_version(),
+        ctx,
+        status,
+        decided,
+        &previous,
+        vec![(EventType::Warning, "InvalidSpec", problem)],
+    )
+    .await?;
     Ok(Action::await_change())
 }
 
@@ -358,7 +392,16 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         Err(errors) => {
             let message = errors.to_string();
             decided.push(Decided::new(conditions::READY, false, "InvalidSpec", message.clone()));
-            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "InvalidSpec", message)]).await?;
+            finish(
+                grant,
+                grant.resource_version(),
+                ctx,
+                status,
+                decided,
+                &previous,
+                vec![(EventType::Warning, "InvalidSpec", message)],
+            )
+            .await?;
             return Ok(Action::await_change());
         }
     };
@@ -367,8 +410,16 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         Ok(arm) => arm,
         Err(message) => {
             decided.push(Decided::new(conditions::READY, false, "CredentialError", message.clone()));
-            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "CredentialError", message)])
-                .await?;
+            finish(
+                grant,
+                grant.resource_version(),
+                ctx,
+                status,
+                decided,
+                &previous,
+                vec![(EventType::Warning, "CredentialError", message)],
+            )
+            .await?;
             return Ok(Action::requeue(ctx.slow_retry()));
         }
     };
@@ -384,8 +435,16 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
                     entry(grant, i, AssignmentState::Pending, e.reason, "waiting for the identity to resolve".into())
                 })
                 .collect();
-            finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, e.reason, e.message.clone())])
-                .await?;
+            finish(
+                grant,
+                grant.resource_version(),
+                ctx,
+                status,
+                decided,
+                &previous,
+                vec![(EventType::Warning, e.reason, e.message.clone())],
+            )
+            .await?;
             let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
             return Ok(ctx.action(&key(grant), retry));
         }
@@ -508,6 +567,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     // once the grant stops wanting it (kill loop, tests/kill_loop.rs).
     let mut creating_ids: std::collections::BTreeMap<String, String> =
         previous.creating_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect();
+    let mut read_at = grant.resource_version();
     if enforce {
         let before = creating_ids.len();
         for (d, step) in desired.iter().zip(&the_plan.steps) {
@@ -518,13 +578,18 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         }
         if creating_ids.len() > before {
             let ids: Vec<&String> = creating_ids.values().collect();
-            raw_api(grant, ctx)
+            let patched = raw_api(grant, ctx)
                 .patch_status(
                     &grant.name_any(),
                     &PatchParams::default(),
-                    &Patch::Merge(&json!({"status": {"creatingAssignments": ids}})),
+                    &Patch::Merge(&json!({
+                        "metadata": {"resourceVersion": read_at},
+                        "status": {"creatingAssignments": ids},
+                    })),
                 )
-                .await?;
+                .await
+                .map_err(ReconcileError::from_status_patch)?;
+            read_at = patched.resource_version();
             ctx.metrics.status_writes.inc();
         }
     }
@@ -805,7 +870,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
             ),
         ),
     });
-    finish(grant, ctx, status, decided, &previous, events).await?;
+    finish(grant, read_at, ctx, status, decided, &previous, events).await?;
     if retry == RetryClass::Resync {
         ctx.reset_backoff(&key(grant));
     }
@@ -816,6 +881,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
 /// publishes events.
 async fn finish(
     grant: &DatabricksIdentityGrant,
+    read_at: Option<String>,
     ctx: &Context,
     mut status: DatabricksIdentityGrantStatus,
     decided: Vec<Decided>,
@@ -846,9 +912,15 @@ async fn finish(
                 map.entry(field).or_insert(Value::Null);
             }
         }
+        // The resourceVersion read makes a stale reconcile fail instead of overwriting.
         raw_api(grant, ctx)
-            .patch_status(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": value})))
-            .await?;
+            .patch_status(
+                &grant.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"resourceVersion": read_at}, "status": value})),
+            )
+            .await
+            .map_err(ReconcileError::from_status_patch)?;
         ctx.metrics.status_writes.inc();
     }
     publish(grant, ctx, events).await;
@@ -926,7 +998,15 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
         creating_assignments: Vec::new(),
         ..previous.clone()
     };
-    finish(grant, ctx, status, decided, &previous, vec![(EventType::Warning, "CleanupFailed", message.clone())])
-        .await?;
+    finish(
+        grant,
+        grant.resource_version(),
+        ctx,
+        status,
+        decided,
+        &previous,
+        vec![(EventType::Warning, "CleanupFailed", message.clone())],
+    )
+    .await?;
     Err(ReconcileError::Cleanup(message))
 }
