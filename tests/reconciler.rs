@@ -453,3 +453,41 @@ async fn metrics_and_health_endpoints_report_a_run() {
     }
     h.stop().await;
 }
+
+/// A reconcile working from a copy of the grant older than the stored one (a store one event
+/// behind, or a second replica) must not write its status over the newer one: the status patch
+/// carries the resourceVersion it read, gets 409, and the reconcile runs again on the latest.
+/// Written, the stale status would list the assignment generation 2 created as adopted, not
+/// managed, and deleting the grant would leave it in Azure.
+#[tokio::test]
+async fn a_reconcile_from_a_stale_copy_does_not_overwrite_a_newer_status() {
+    let h = harness(StateConfig::default()).await;
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    h.apply(&grant("g", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("g").await;
+
+    // The copy a watch one event behind holds: generation 2's spec, generation 1's status.
+    let patch = json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": rg("rg-lake")}, {"role": "Storage Blob Data Reader", "scope": lake}]}});
+    let stale = h.grants.patch("g", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    assert_eq!(stale.status.as_ref().map(|s| s.managed_assignments.len()), Some(1));
+    let newer = h
+        .wait_for("g", "at generation 2", |g| {
+            g.status.as_ref().is_some_and(|s| s.observed_generation == Some(2) && s.managed_assignments.len() == 2)
+        })
+        .await;
+    h.stop_controller().await;
+
+    let ctx = replica_context(&h.sandbox, dbx_identity_operator::telemetry::Metrics::new());
+    let action = dbx_identity_operator::controller::reconcile::reconcile(std::sync::Arc::new(stale), ctx)
+        .await
+        .expect("a stale read is not an error");
+    assert_eq!(action, kube::runtime::controller::Action::requeue(Duration::from_secs(1)), "not rerun soon");
+
+    let after = h.grants.get("g").await.expect("get");
+    assert_eq!(after.metadata.resource_version, newer.metadata.resource_version, "the stale reconcile wrote");
+    let status = after.status.expect("status");
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.managed_assignments, newer.status.expect("status").managed_assignments);
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
