@@ -264,17 +264,7 @@ async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: Str
         // As for any invalid spec: what it created stays on record (and in Azure) until fixed.
         ..Default::default()
     };
-    let decided = vec![Decided::new(conditions::READY, false, "InvalidSpec", problem.clone())];
-    finish(
-        grant,
-        grant.resource_version(),
-        ctx,
-        status,
-        decided,
-        &previous,
-        vec![(EventType::Warning, "InvalidSpec", problem)],
-    )
-    .await?;
+    finish_not_ready(grant, ctx, status, Vec::new(), &previous, "InvalidSpec", problem).await?;
     Ok(Action::await_change())
 }
 
@@ -391,17 +381,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         Ok(v) => v,
         Err(errors) => {
             let message = errors.to_string();
-            decided.push(Decided::new(conditions::READY, false, "InvalidSpec", message.clone()));
-            finish(
-                grant,
-                grant.resource_version(),
-                ctx,
-                status,
-                decided,
-                &previous,
-                vec![(EventType::Warning, "InvalidSpec", message)],
-            )
-            .await?;
+            finish_not_ready(grant, ctx, status, decided, &previous, "InvalidSpec", message).await?;
             return Ok(Action::await_change());
         }
     };
@@ -409,17 +389,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let arm = match arm_client(grant, &validated, ctx).await {
         Ok(arm) => arm,
         Err(message) => {
-            decided.push(Decided::new(conditions::READY, false, "CredentialError", message.clone()));
-            finish(
-                grant,
-                grant.resource_version(),
-                ctx,
-                status,
-                decided,
-                &previous,
-                vec![(EventType::Warning, "CredentialError", message)],
-            )
-            .await?;
+            finish_not_ready(grant, ctx, status, decided, &previous, "CredentialError", message).await?;
             return Ok(Action::requeue(ctx.slow_retry()));
         }
     };
@@ -429,22 +399,12 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         Ok(p) => p,
         Err(e) => {
             decided.push(Decided::new(conditions::IDENTITY_RESOLVED, false, e.reason, e.message.clone()));
-            decided.push(Decided::new(conditions::READY, false, e.reason, e.message.clone()));
             status.role_assignments = (0..grant.spec.role_assignments.len())
                 .map(|i| {
                     entry(grant, i, AssignmentState::Pending, e.reason, "waiting for the identity to resolve".into())
                 })
                 .collect();
-            finish(
-                grant,
-                grant.resource_version(),
-                ctx,
-                status,
-                decided,
-                &previous,
-                vec![(EventType::Warning, e.reason, e.message.clone())],
-            )
-            .await?;
+            finish_not_ready(grant, ctx, status, decided, &previous, e.reason, e.message.clone()).await?;
             let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
             return Ok(ctx.action(&key(grant), retry));
         }
@@ -763,8 +723,9 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     // Stale assignments: delete (Enforce) or report (Observe).
     let mut pending_removals = Vec::new();
     for name in &the_plan.released {
-        managed_ids.retain(|id, _| !id.ends_with(&format!("/{name}")));
-        creating_ids.retain(|id, _| !id.ends_with(&format!("/{name}")));
+        let suffix = format!("/{name}");
+        managed_ids.retain(|id, _| !id.ends_with(&suffix));
+        creating_ids.retain(|id, _| !id.ends_with(&suffix));
     }
     for (scope, name) in &the_plan.deletions {
         let id = assignment_id(scope, name).to_ascii_lowercase();
@@ -927,6 +888,22 @@ async fn finish(
     Ok(())
 }
 
+/// [`finish`] for a reconcile that stops early: Ready false for `reason`, and a Warning Event
+/// saying why.
+async fn finish_not_ready(
+    grant: &DatabricksIdentityGrant,
+    ctx: &Context,
+    status: DatabricksIdentityGrantStatus,
+    mut decided: Vec<Decided>,
+    previous: &DatabricksIdentityGrantStatus,
+    reason: &'static str,
+    message: String,
+) -> Result<(), ReconcileError> {
+    decided.push(Decided::new(conditions::READY, false, reason, message.clone()));
+    let events = vec![(EventType::Warning, reason, message)];
+    finish(grant, grant.resource_version(), ctx, status, decided, previous, events).await
+}
+
 /// Publishes events, one per (type, reason).
 async fn publish(grant: &DatabricksIdentityGrant, ctx: &Context, events: Vec<(EventType, &'static str, String)>) {
     let reference = grant.object_ref(&());
@@ -992,21 +969,11 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
     }
     let message =
         format!("cannot remove role assignments, the finalizer stays until they are removed: {}", failures.join("; "));
-    let decided = vec![Decided::new(conditions::READY, false, "CleanupFailed", message.clone())];
     let status = DatabricksIdentityGrantStatus {
         managed_assignments: remaining,
         creating_assignments: Vec::new(),
         ..previous.clone()
     };
-    finish(
-        grant,
-        grant.resource_version(),
-        ctx,
-        status,
-        decided,
-        &previous,
-        vec![(EventType::Warning, "CleanupFailed", message.clone())],
-    )
-    .await?;
+    finish_not_ready(grant, ctx, status, Vec::new(), &previous, "CleanupFailed", message.clone()).await?;
     Err(ReconcileError::Cleanup(message))
 }
