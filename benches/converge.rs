@@ -11,29 +11,25 @@
 //!
 //! Writes a markdown table to stdout, and JSON plus a PNG chart under `target/bench/`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use dbx_identity_operator::azure::ResourceId;
-use dbx_identity_operator::azure::models::Permission;
-use dbx_identity_operator::sandbox::arm::state::ResourceKind;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, ThrottleConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
+use dbx_identity_operator::sandbox::workload::{self, GrantPlan, ScopeKind, roles_for};
 use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
-use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
 const GROUP: &str = "identity.dbx-operator.io";
-const NAMESPACES: usize = 10;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Converge N grants against the sandbox and report time, requests and memory")]
@@ -77,244 +73,6 @@ struct Options {
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-// ---------- workload ----------
-
-/// One grant to create: its identity block and role assignments.
-#[derive(Debug, Clone)]
-struct GrantPlan {
-    namespace: String,
-    name: String,
-    identity: Value,
-    /// The principal behind `identity` (to count distinct tuples).
-    principal: String,
-    assignments: Vec<(String, String)>,
-}
-
-struct Workload {
-    grants: Vec<GrantPlan>,
-    scopes: Vec<(String, ScopeKind)>,
-    /// Distinct (principal, role, scope): the PUTs convergence needs.
-    unique_tuples: usize,
-    /// Distinct tuples and scopes per subscription (each has its own throttling buckets).
-    per_subscription: BTreeMap<String, (usize, usize)>,
-    identities: usize,
-    role_names: BTreeSet<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum ScopeKind {
-    Storage,
-    Vault,
-    ResourceGroup,
-}
-
-const CUSTOM_ROLES: [(&str, ScopeKind); 3] = [
-    ("Lakehouse Curated Writer", ScopeKind::Storage),
-    ("Vault Certificate Reader", ScopeKind::Vault),
-    ("Data Platform Observer", ScopeKind::ResourceGroup),
-];
-
-fn roles_for(kind: ScopeKind) -> Vec<&'static str> {
-    match kind {
-        ScopeKind::Storage => {
-            vec!["Storage Blob Data Reader", "Storage Blob Data Contributor", "Lakehouse Curated Writer"]
-        }
-        ScopeKind::Vault => vec!["Key Vault Secrets User", "Key Vault Reader", "Vault Certificate Reader"],
-        ScopeKind::ResourceGroup => vec!["Reader", "Data Platform Observer"],
-    }
-}
-
-/// Seeds Azure with workspaces, connectors, scopes and custom roles, and plans N grants:
-/// identities split between workspace identities and access connectors, 1–3 assignments each,
-/// 20% of grants sharing a tuple with an earlier grant.
-fn build_workload(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Workload {
-    let mut rng = StdRng::seed_from_u64(seed ^ n as u64);
-    let sub = sandbox.estate.subscription_id.clone();
-    let mut state = sandbox.arm.emulator.state();
-    let rg = |name: String| ResourceId::resource_group(&sub, &name);
-    let old = Duration::from_secs(86_400);
-
-    // Azure allows 4000 role assignments per subscription, so a large estate's data lives in
-    // several: one data subscription per 1500 grants (about 2650 assignments), the first being
-    // the sandbox's. The operator holds User Access Administrator in each.
-    let data_subscriptions: Vec<String> = std::iter::once(sub.clone())
-        .chain(
-            (1..n.div_ceil(1500))
-                .map(|k| uuid::Uuid::from_u128(0x6f1c7d2e_0000_4000_8000_000000000000 + k as u128).to_string()),
-        )
-        .collect();
-    let uaa = state.role_guid_by_name("User Access Administrator");
-    for extra in &data_subscriptions[1..] {
-        state.add_subscription(extra);
-        if let Some(uaa) = uaa {
-            state.assign_out_of_band(&ResourceId::subscription(extra), uaa, &sandbox.estate.operator_principal_id);
-        }
-    }
-
-    // Scopes across 10 resource groups per data subscription.
-    let mut scope_list = Vec::new();
-    for i in 0..scopes {
-        let data_sub = &data_subscriptions[i % data_subscriptions.len()];
-        let rg = |name: String| ResourceId::resource_group(data_sub, &name);
-        let group = rg(format!("rg-data-{}", i % 10));
-        let (id, kind) = match i % 20 {
-            0..=11 => (
-                group.with_provider_resource("Microsoft.Storage", "storageAccounts", &format!("stlake{i:05}")),
-                ScopeKind::Storage,
-            ),
-            12..=16 => (
-                group.with_provider_resource("Microsoft.KeyVault", "vaults", &format!("kv-team-{i:05}")),
-                ScopeKind::Vault,
-            ),
-            _ => (rg(format!("rg-project-{i:05}")), ScopeKind::ResourceGroup),
-        };
-        if kind == ScopeKind::ResourceGroup {
-            state.add_resource_group(&id);
-        } else {
-            state.add_resource(&id, ResourceKind::Generic);
-        }
-        scope_list.push((id.to_string(), kind));
-    }
-    for (name, kind) in CUSTOM_ROLES {
-        let data_actions = match kind {
-            ScopeKind::Storage => vec!["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*".to_owned()],
-            ScopeKind::Vault => vec!["Microsoft.KeyVault/vaults/certificates/read".to_owned()],
-            ScopeKind::ResourceGroup => vec![],
-        };
-        let actions = vec!["*/read".to_owned()];
-        state.add_custom_role(
-            name,
-            vec![Permission { actions, data_actions, ..Permission::default() }],
-            data_subscriptions.iter().map(|s| ResourceId::subscription(s)).collect(),
-        );
-    }
-
-    // Identities: workspaces (dbmanagedidentity) and access connectors (system- or
-    // user-assigned), about one per five grants.
-    let mut identities: Vec<(Value, String)> = Vec::new();
-    let count = (n / 5).max(4);
-    for i in 0..count {
-        let group = rg(format!("rg-dbx-{}", i % 5));
-        let principal = uuid::Uuid::new_v4().to_string();
-        state.add_principal(&principal, old);
-        if i % 3 == 0 {
-            let managed_rg = rg(format!("rg-dbw-{i:05}-managed"));
-            let mi = managed_rg.with_provider_resource(
-                "Microsoft.ManagedIdentity",
-                "userAssignedIdentities",
-                "dbmanagedidentity",
-            );
-            state.add_resource(
-                &mi,
-                ResourceKind::UserAssignedIdentity {
-                    principal_id: principal.clone(),
-                    client_id: uuid::Uuid::new_v4().to_string(),
-                },
-            );
-            let ws = group.with_provider_resource("Microsoft.Databricks", "workspaces", &format!("dbw-{i:05}"));
-            state.add_resource(
-                &ws,
-                ResourceKind::Workspace { managed_resource_group: managed_rg, access_connector: None },
-            );
-            identities.push((json!({"workspace": {"resourceId": ws.to_string()}}), principal));
-        } else if i % 3 == 1 {
-            let ac = group.with_provider_resource("Microsoft.Databricks", "accessConnectors", &format!("ac-{i:05}"));
-            state.add_resource(
-                &ac,
-                ResourceKind::AccessConnector { system_principal: Some(principal.clone()), user_assigned: vec![] },
-            );
-            identities.push((json!({"accessConnector": {"resourceId": ac.to_string()}}), principal));
-        } else {
-            let uai = group.with_provider_resource(
-                "Microsoft.ManagedIdentity",
-                "userAssignedIdentities",
-                &format!("id-ac-{i:05}"),
-            );
-            state.add_resource(
-                &uai,
-                ResourceKind::UserAssignedIdentity {
-                    principal_id: principal.clone(),
-                    client_id: uuid::Uuid::new_v4().to_string(),
-                },
-            );
-            let ac = group.with_provider_resource("Microsoft.Databricks", "accessConnectors", &format!("ac-{i:05}"));
-            state.add_resource(
-                &ac,
-                ResourceKind::AccessConnector { system_principal: None, user_assigned: vec![uai.clone()] },
-            );
-            identities.push((
-                json!({"accessConnector": {"resourceId": ac.to_string(), "userAssignedIdentityId": uai.to_string()}}),
-                principal,
-            ));
-        }
-    }
-    drop(state);
-
-    let mut grants: Vec<GrantPlan> = Vec::with_capacity(n);
-    for i in 0..n {
-        let shared_with = (i > 0 && rng.random_bool(0.2)).then(|| rng.random_range(0..i));
-        let (identity, principal) = match shared_with {
-            Some(j) => (grants[j].identity.clone(), grants[j].principal.clone()),
-            None => identities.choose(&mut rng).cloned().unwrap_or((Value::Null, String::new())),
-        };
-        let mut assignments: Vec<(String, String)> = Vec::new();
-        if let Some(j) = shared_with
-            && let Some(tuple) = grants[j].assignments.first()
-        {
-            assignments.push(tuple.clone());
-        }
-        let wanted = rng.random_range(1..=3usize).max(assignments.len());
-        while assignments.len() < wanted {
-            let (scope, kind) = scope_list.choose(&mut rng).cloned().unwrap_or((String::new(), ScopeKind::Storage));
-            let role = roles_for(kind).choose(&mut rng).copied().unwrap_or("Reader").to_owned();
-            if !assignments.iter().any(|(r, s)| *r == role && *s == scope) {
-                assignments.push((role, scope));
-            }
-        }
-        grants.push(GrantPlan {
-            namespace: format!("bench-{}", i % NAMESPACES),
-            name: format!("grant-{i:05}"),
-            identity,
-            principal,
-            assignments,
-        });
-    }
-    let unique: BTreeSet<(String, String, String)> = grants
-        .iter()
-        .flat_map(|g| g.assignments.iter().map(|(r, s)| (g.principal.clone(), r.clone(), s.to_ascii_lowercase())))
-        .collect();
-    let role_names = grants.iter().flat_map(|g| g.assignments.iter().map(|(r, _)| r.clone())).collect();
-    let used_identities: BTreeSet<&String> = grants.iter().map(|g| &g.principal).collect();
-    let subscription_of = |scope: &str| scope.split('/').nth(2).unwrap_or_default().to_ascii_lowercase();
-    let mut per_subscription: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (_, _, scope) in &unique {
-        per_subscription.entry(subscription_of(scope)).or_default().0 += 1;
-    }
-    for (scope, _) in &scope_list {
-        per_subscription.entry(subscription_of(scope)).or_default().1 += 1;
-    }
-    Workload {
-        unique_tuples: unique.len(),
-        per_subscription,
-        identities: used_identities.len(),
-        grants,
-        scopes: scope_list,
-        role_names,
-    }
-}
-
-fn grant_object(plan: &GrantPlan) -> Value {
-    json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"),
-        "kind": "DatabricksIdentityGrant",
-        "metadata": {"name": plan.name, "namespace": plan.namespace},
-        "spec": {
-            "identity": plan.identity,
-            "roleAssignments": plan.assignments.iter().map(|(role, scope)| json!({"role": role, "scope": scope})).collect::<Vec<_>>(),
-        }
-    })
 }
 
 // ---------- measurement helpers ----------
@@ -568,51 +326,12 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     sandbox_options.throttling = throttle.clone();
     let sandbox = sandbox::start(sandbox_options).await.map_err(|e| e.to_string())?;
     let scopes = options.scopes.unwrap_or((n / 10).max(1));
-    let workload = build_workload(&sandbox, n, scopes, options.seed);
+    let workload = workload::build(&sandbox, n, scopes, options.seed);
     let client = sandbox.kube.emulator.client().map_err(|e| e.to_string())?;
 
     // Namespaces, the policy allowing them, then every grant (before the operator starts, so
     // the clock measures the operator alone).
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    for i in 0..NAMESPACES {
-        let ns = json!({"metadata": {"name": format!("bench-{i}"), "labels": {"dbx-operator.io/team": "bench"}}});
-        namespaces
-            .create(&PostParams::default(), &serde_json::from_value(ns).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let mut roles: Vec<String> = workload.role_names.iter().cloned().collect();
-    roles.sort();
-    let policy = json!({
-        "apiVersion": format!("{GROUP}/v1alpha1"), "kind": "GrantPolicy", "metadata": {"name": "bench"},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"dbx-operator.io/team": "bench"}},
-            "identities": [format!("/subscriptions/{}/**", sandbox.estate.subscription_id)],
-            "roles": roles,
-            "scopes": workload.per_subscription.keys().map(|s| format!("/subscriptions/{s}/**")).collect::<Vec<_>>(),
-            "maxRoleAssignmentsPerGrant": 10,
-        }
-    });
-    let policies: Api<dbx_identity_operator::api::GrantPolicy> = Api::all(client.clone());
-    policies
-        .create(&PostParams::default(), &serde_json::from_value(policy).map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| format!("policy: {e}"))?;
-    let created = futures::stream::iter(workload.grants.iter().map(|plan| {
-        let client = client.clone();
-        async move {
-            let api: Api<dbx_identity_operator::api::DatabricksIdentityGrant> =
-                Api::namespaced(client, &plan.namespace);
-            let object = serde_json::from_value(grant_object(plan)).map_err(|e| e.to_string())?;
-            api.create(&PostParams::default(), &object).await.map(|_| ()).map_err(|e| format!("{}: {e}", plan.name))
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<Result<(), String>>>()
-    .await;
-    if let Some(Err(e)) = created.into_iter().find(Result::is_err) {
-        return Err(format!("creating grants: {e}"));
-    }
+    workload.create(&sandbox, client.clone()).await.map_err(|e| e.to_string())?;
 
     // 1. Cold convergence.
     std::fs::create_dir_all(&options.out).map_err(|e| e.to_string())?;
@@ -719,7 +438,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         assignments.push((role.to_owned(), scope));
         let api: Api<dbx_identity_operator::api::DatabricksIdentityGrant> =
             Api::namespaced(client.clone(), &plan.namespace);
-        let patch = json!({"spec": {"roleAssignments": assignments.iter().map(|(role, scope)| json!({"role": role, "scope": scope})).collect::<Vec<_>>()}});
+        let patch = json!({"spec": {"roleAssignments": workload::assignments_json(&assignments)}});
         api.patch(&plan.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| format!("churn {}: {e}", plan.name))?;

@@ -5,6 +5,7 @@
 pub mod arm;
 pub mod estate;
 pub mod kube;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
