@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, ThrottleConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
-use dbx_identity_operator::sandbox::workload::{self, GrantPlan, ScopeKind, roles_for};
+use dbx_identity_operator::sandbox::workload::{
+    self, GrantPlan, ScopeKind, ready_for_current_generation, roles_for, stored_grants,
+};
 use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
 use kube::api::{Api, Patch, PatchParams};
 use rand::SeedableRng;
@@ -29,7 +31,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
-const GROUP: &str = "identity.dbx-operator.io";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Converge N grants against the sandbox and report time, requests and memory")]
@@ -124,44 +125,14 @@ fn kube_log_len(sandbox: &Sandbox) -> usize {
     sandbox.kube.emulator.requests().len()
 }
 
-/// Every grant from the emulator's store (no HTTP, so polling does not load the operator's API).
-fn grants_in_store(sandbox: &Sandbox) -> Vec<Value> {
-    let store = sandbox.kube.emulator.store();
-    match store.find_type(GROUP, "v1alpha1", "databricksidentitygrants") {
-        Some(ty) => store.list(&ty, None),
-        None => Vec::new(),
-    }
-}
-
+/// Ready at the current generation.
 fn ready_and_current(grant: &Value) -> bool {
-    let generation = grant.pointer("/metadata/generation").and_then(Value::as_i64);
-    let observed = grant.pointer("/status/observedGeneration").and_then(Value::as_i64);
-    let ready = grant
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-    ready && generation == observed
-}
-
-/// ARM and Kubernetes faults until aborted.
-fn start_faults(sandbox: &Sandbox) -> tokio::task::JoinHandle<()> {
-    let mut faults = sandbox.arm.emulator.faults();
-    faults.error_rate = 0.05;
-    faults.reset_rate = 0.02;
-    sandbox.arm.emulator.set_faults(faults);
-    let kube = sandbox.kube.emulator.clone();
-    kube.set_faults(KubeFaults { fail_rate: 0.02, fail_status: 500, ..KubeFaults::default() });
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            kube.drop_watches();
-        }
-    })
+    ready_for_current_generation(grant).is_some_and(|(status, _)| status == "True")
 }
 
 /// No tuple twice in Azure, and every assignment not seeded is on some grant's record.
 fn check_invariant(sandbox: &Sandbox, seeded: &std::collections::HashSet<String>) -> Result<(), String> {
-    let recorded: std::collections::HashSet<String> = grants_in_store(sandbox)
+    let recorded: std::collections::HashSet<String> = stored_grants(sandbox)
         .iter()
         .flat_map(|g| g.pointer("/status/managedAssignments").and_then(Value::as_array).cloned().unwrap_or_default())
         .filter_map(|id| id.as_str().and_then(|id| id.rsplit('/').next()).map(str::to_ascii_lowercase))
@@ -338,13 +309,13 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let log = options.out.join(format!("operator-{n}.log"));
     let seeded: std::collections::HashSet<String> =
         sandbox.arm.emulator.state().all_assignments().into_iter().map(|(name, ..)| name).collect();
-    let fault_driver = options.faults.then(|| start_faults(&sandbox));
+    let fault_driver = options.faults.then(|| workload::start_faults(&sandbox));
     let stats0 = sandbox.arm.emulator.stats();
     let kube0 = kube_log_len(&sandbox);
     let mut operator = Operator::start(&sandbox, options, &log)?;
     let started = Instant::now();
     loop {
-        let grants = grants_in_store(&sandbox);
+        let grants = stored_grants(&sandbox);
         if grants.len() == n && grants.iter().all(ready_and_current) {
             break;
         }
@@ -444,7 +415,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
             .map_err(|e| format!("churn {}: {e}", plan.name))?;
     }
     let churn_time = wait_until("churn", options.phase_timeout, || {
-        let grants = grants_in_store(&sandbox);
+        let grants = stored_grants(&sandbox);
         grants.len() == n && grants.iter().all(ready_and_current)
     })
     .await?;

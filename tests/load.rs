@@ -12,9 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dbx_identity_operator::sandbox::arm::ThrottleConfig;
-use dbx_identity_operator::sandbox::kube::KubeFaults;
-use dbx_identity_operator::sandbox::workload::{self, GrantPlan};
-use dbx_identity_operator::sandbox::{self, Sandbox, SandboxOptions};
+use dbx_identity_operator::sandbox::workload::{self, GrantPlan, ready_for_current_generation, stored_grants};
+use dbx_identity_operator::sandbox::{self, SandboxOptions};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
@@ -55,51 +54,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
     proc_status_mib(pid, "VmHWM:")
 }
 
-/// Every grant in the emulator's store (no HTTP, so polling adds nothing to the API's load).
-fn stored_grants(sandbox: &Sandbox) -> Vec<Value> {
-    let store = sandbox.kube.emulator.store();
-    match store.find_type("identity.dbx-operator.io", "v1alpha1", "databricksidentitygrants") {
-        Some(ty) => store.list(&ty, None),
-        None => Vec::new(),
-    }
-}
-
-/// `Ready`'s status and reason, if the status judges the current generation.
-fn ready_for_current_generation(grant: &Value) -> Option<(String, String)> {
-    let generation = grant.pointer("/metadata/generation").and_then(Value::as_i64);
-    let observed = grant.pointer("/status/observedGeneration").and_then(Value::as_i64);
-    if generation.is_none() || generation != observed {
-        return None;
-    }
-    let ready = grant.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Ready")?;
-    Some((ready["status"].as_str()?.to_owned(), ready["reason"].as_str()?.to_owned()))
-}
-
 fn key(grant: &Value) -> String {
     format!(
         "{}/{}",
         grant.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
         grant.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
     )
-}
-
-/// ARM 5xx and cut connections, Kubernetes 500s and watches cut every 5 s, until aborted: the
-/// scale benchmark's `--faults`, whose memory bound this test holds the operator to. (A 410
-/// relist of all 5000 grants holds two copies of the cache for a moment; that case is the 410
-/// scenario in tests/faults.rs, at a smaller scale.)
-fn start_faults(sandbox: &Sandbox) -> tokio::task::JoinHandle<()> {
-    let mut faults = sandbox.arm.emulator.faults();
-    faults.error_rate = 0.05;
-    faults.reset_rate = 0.02;
-    sandbox.arm.emulator.set_faults(faults);
-    let kube = sandbox.kube.emulator.clone();
-    kube.set_faults(KubeFaults { fail_rate: 0.02, fail_status: 500, ..KubeFaults::default() });
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            kube.drop_watches();
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +116,10 @@ async fn five_thousand_grants_at_once_under_faults() {
     let seeded: HashSet<String> =
         sandbox.arm.emulator.state().all_assignments().into_iter().map(|(name, ..)| name).collect();
 
-    let faults = start_faults(&sandbox);
+    // The benchmark's `--faults`, whose memory bound this test holds the operator to. (A 410
+    // relist of all 5000 grants holds two copies of the cache for a moment; that case is the 410
+    // scenario in tests/faults.rs, at a smaller scale.)
+    let faults = workload::start_faults(&sandbox);
     let log = dir.path().join("operator.log");
     let mut operator = Operator(
         Command::new(std::env::var("DBX_LOAD_OPERATOR").unwrap_or_else(|_| BIN.to_owned()))

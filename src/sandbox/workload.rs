@@ -273,6 +273,44 @@ pub fn build(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Workload 
     }
 }
 
+/// Every grant in the Kubernetes emulator's store, read directly (no HTTP, so polling for
+/// convergence adds nothing to the API server's load the operator sees).
+pub fn stored_grants(sandbox: &Sandbox) -> Vec<Value> {
+    let store = sandbox.kube.emulator.store();
+    match store.find_type(GROUP, "v1alpha1", "databricksidentitygrants") {
+        Some(ty) => store.list(&ty, None),
+        None => Vec::new(),
+    }
+}
+
+/// `Ready`'s status and reason, if the grant's status judges its current generation.
+pub fn ready_for_current_generation(grant: &Value) -> Option<(String, String)> {
+    let generation = grant.pointer("/metadata/generation").and_then(Value::as_i64);
+    let observed = grant.pointer("/status/observedGeneration").and_then(Value::as_i64);
+    if generation.is_none() || generation != observed {
+        return None;
+    }
+    let ready = grant.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Ready")?;
+    Some((ready["status"].as_str()?.to_owned(), ready["reason"].as_str()?.to_owned()))
+}
+
+/// The load-under-faults mix the benchmark's `--faults` and the load test share, until aborted:
+/// 5% ARM 500s, 2% cut connections, 2% Kubernetes 500s, every watch cut every 5 s.
+pub fn start_faults(sandbox: &Sandbox) -> tokio::task::JoinHandle<()> {
+    let mut faults = sandbox.arm.emulator.faults();
+    faults.error_rate = 0.05;
+    faults.reset_rate = 0.02;
+    sandbox.arm.emulator.set_faults(faults);
+    let kube = sandbox.kube.emulator.clone();
+    kube.set_faults(super::kube::KubeFaults { fail_rate: 0.02, fail_status: 500, ..Default::default() });
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            kube.drop_watches();
+        }
+    })
+}
+
 /// Errors creating a workload's objects in the Kubernetes emulator.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
