@@ -162,14 +162,14 @@ pub struct RoleAssignmentSpec {
     /// The role: a display name (`Storage Blob Data Contributor`), a role-definition GUID
     /// (`ba92f5b4-2d11-453d-a403-e96b0029c9fe`), or a full roleDefinitionId. Custom roles are
     /// looked up at the scope, so a custom role must be assignable there.
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = MAX_ROLE_LEN))]
     #[x_kube(validation = Rule::new(ROLE_NOT_EMPTY_RULE).message(ROLE_INVALID_MSG))]
     pub role: String,
 
     /// Where the role applies: an ARM id of a management group
     /// (`/providers/Microsoft.Management/managementGroups/<id>`), a subscription, a resource
     /// group, or a resource (storage account, key vault, container …).
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = MAX_SCOPE_LEN))]
     #[x_kube(
         validation = Rule::new(SCOPE_ROOT_RULE).message(SCOPE_ROOT_MSG),
         validation = Rule::new(NO_DOTDOT_RULE).message(SCOPE_DOTDOT_MSG),

@@ -8,8 +8,17 @@
 
 /// Longest ARM id or scope accepted in a spec (keeps CEL cost estimates bounded).
 pub const MAX_ID_LEN: u32 = 1024;
-/// Longest `role` value (a name, a GUID or a full roleDefinitionId).
-pub const MAX_ROLE_LEN: u32 = 512;
+/// Longest `role` value (a name, a GUID or a full roleDefinitionId; the longest real one, a
+/// roleDefinitionId at a management group, is about 200 characters).
+///
+/// This and [`MAX_SCOPE_LEN`] bound the API server's *estimated* cost of the duplicate
+/// (role, scope) rule, which is quadratic in the entries: kube-apiserver 1.36 refuses the CRD
+/// with 512/1024 ("exceeds budget by factor of 1.9x") and accepts 256/512 with 100 entries.
+/// `tests/real_apiserver` installs the CRDs on a real API server, so a change that breaks the
+/// budget fails there.
+pub const MAX_ROLE_LEN: u32 = 256;
+/// Longest `scope` (an ARM id; real ones, down to a blob container, stay under 300 characters).
+pub const MAX_SCOPE_LEN: u32 = 512;
 /// Longest ABAC condition; Azure's own limit is in the same range.
 pub const MAX_CONDITION_LEN: u32 = 8192;
 /// Longest assignment description.

@@ -326,6 +326,14 @@ fn validate_role_assignment(
         }
     };
 
+    // The schema's maxLength, for objects that did not pass admission (old clusters, junk).
+    for (name, value, max) in [("role", &ra.role, MAX_ROLE_LEN), ("scope", &ra.scope, MAX_SCOPE_LEN)] {
+        let len = value.chars().count();
+        if len > max as usize {
+            c.push(format!("{field}.{name}"), format!("{name} is {len} characters long; the limit is {max}"));
+        }
+    }
+
     if let Some(description) = &ra.description {
         let len = description.chars().count();
         if len > MAX_DESCRIPTION_LEN as usize {
