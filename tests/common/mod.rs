@@ -1,6 +1,8 @@
 //! Shared harness for end-to-end tests: the sandbox emulators plus the real Controller.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,143 @@
+//! The API as a real cluster sees it: both CRDs (the repository's and the chart's copy) install
+//! and become Established; every example is accepted; every invalid fixture is refused with the
+//! message the project promises (CEL rules: the shared message; schema refusals: the field the
+//! Rust validation names).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use serde_json::Value;
+
+use crate::Case;
+use crate::cluster::{RealCluster, install_crds, repo};
+
+pub fn names() -> Vec<String> {
+    ["real/crds_established", "real/examples_accepted", "real/invalid_fixtures_refused"].map(String::from).to_vec()
+}
+
+pub fn cases(real: Arc<RealCluster>) -> Vec<Case> {
+    let t = Duration::from_secs(60);
+    let (a, b, c) = (real.clone(), real.clone(), real);
+    vec![
+        Case::new("real/crds_established", t, move || crds_established(a)),
+        Case::new("real/examples_accepted", t, move || examples_accepted(b)),
+        Case::new("real/invalid_fixtures_refused", t, move || invalid_fixtures_refused(c)),
+    ]
+}
+
+pub fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let value: serde_yaml_ng::Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_json::to_value(value).expect("YAML maps to JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn api_for(client: &kube::Client, object: &Value) -> Api<DynamicObject> {
+    let kind = object["kind"].as_str().expect("kind");
+    let resource = match kind {
+        "Namespace" => ApiResource {
+            group: "".into(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: kind.into(),
+            plural: "namespaces".into(),
+        },
+        "GrantPolicy" => ApiResource::erase::<dbx_identity_operator::api::GrantPolicy>(&()),
+        "DatabricksIdentityGrant" => ApiResource::erase::<dbx_identity_operator::api::DatabricksIdentityGrant>(&()),
+        other => panic!("unexpected kind {other}"),
+    };
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+async fn create(client: &kube::Client, object: &Value, dry_run: bool) -> Result<(), String> {
+    let dynamic: DynamicObject = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+    let pp = PostParams { dry_run, ..PostParams::default() };
+    match api_for(client, object).create(&pp, &dynamic).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.message.clone()),
+        Err(e) => Err(format!("not an API refusal: {e}")),
+    }
+}
+
+async fn crds_established(real: Arc<RealCluster>) {
+    // The repository's copy was installed when the tier started; the chart's copy must be the
+    // same CRDs and install over them.
+    let names = install_crds(&real.admin, &repo().join("crds")).await.expect("crds/");
+    assert_eq!(names.len(), 2, "{names:?}");
+    let chart =
+        install_crds(&real.admin, &repo().join("charts/dbx-identity-operator/crds")).await.expect("chart crds/");
+    assert_eq!(names, chart);
+}
+
+async fn examples_accepted(real: Arc<RealCluster>) {
+    let mut created = 0;
+    for file in yaml_files(&repo().join("examples")) {
+        for object in yaml_documents(&file) {
+            create(&real.admin, &object, false)
+                .await
+                .unwrap_or_else(|e| panic!("{}: the API server refused an example: {e}", file.display()));
+            created += 1;
+        }
+    }
+    assert!(created >= 5, "examples lost: {created}");
+}
+
+async fn invalid_fixtures_refused(real: Arc<RealCluster>) {
+    // Fixtures live in team-analytics, which the examples create; make sure it exists.
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-analytics"}});
+    let _ = create(&real.admin, &ns, false).await;
+    let files = yaml_files(&repo().join("tests/fixtures/invalid"));
+    assert!(files.len() >= 20, "fixtures lost: {}", files.len());
+    let mut problems = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let object = yaml_documents(&file).pop().expect("one document");
+        let annotations = &object["metadata"]["annotations"];
+        let expected = annotations["test.dbx-operator.io/expected-error"].as_str().expect("expected-error");
+        let layer = annotations["test.dbx-operator.io/admission"].as_str().expect("admission layer");
+        let rust = match object["kind"].as_str() {
+            Some("GrantPolicy") => validate_policy_spec_json(&object["spec"]).map(drop),
+            _ => validate_grant_spec_json(&object["spec"]).map(drop),
+        }
+        .map_err(|e| e.to_string())
+        .expect_err(&format!("{name}: the Rust validation accepted it"));
+        let refusal = match create(&real.admin, &object, true).await {
+            Ok(()) => {
+                problems.push(format!("{name}: the real API server accepted it"));
+                continue;
+            }
+            Err(message) => message,
+        };
+        let ok = match layer {
+            "cel" => refusal.contains(expected),
+            // Schema refusals are in the API server's words; they must name the field Rust names.
+            "schema" => refusal.contains(rust.split(':').next().unwrap_or_default()),
+            other => panic!("{name}: unknown admission layer {other}"),
+        };
+        if !ok {
+            problems.push(format!("{name}: the API server said {refusal:?}; expected {expected:?} (Rust: {rust:?})"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -1,0 +1,496 @@
+//! Operator scenarios written once and run against both servers (the real kube-apiserver and
+//! the Kubernetes emulator) with the same assertions. The operator is the real binary, running
+//! as the chart's ServiceAccount with leader election on a Lease; triggers are tested with
+//! `--resync-interval 1h`, so a resync cannot stand in for them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant, GrantPolicy};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::Case;
+use crate::cluster::{Env, Operator, RealCluster, Server, create_namespace, wait_until};
+
+const SCENARIOS: [&str; 4] = ["lifecycle", "policy_triggers", "drift_healed", "two_replicas"];
+/// Deadline for what must happen "within seconds".
+const SECONDS: Duration = Duration::from_secs(10);
+const LABEL: &str = "dbx-operator.io/scenario";
+
+pub fn names() -> Vec<String> {
+    let mut names: Vec<String> =
+        ["real", "emulator"].iter().flat_map(|s| SCENARIOS.iter().map(move |n| format!("{s}/{n}"))).collect();
+    names.push("real/chart_rbac_exact".into());
+    names
+}
+
+pub fn cases(real: Option<Arc<RealCluster>>) -> Vec<Case> {
+    let mut servers = vec![Server::Emulator];
+    if let Some(real) = &real {
+        servers.insert(0, Server::Real(real.clone()));
+    }
+    let mut cases = Vec::new();
+    let t = Duration::from_secs(150);
+    for server in servers {
+        let label = server.label();
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/lifecycle"), t, move || lifecycle(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/policy_triggers"), t, move || policy_triggers(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/drift_healed"), t, move || drift_healed(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/two_replicas"), t, move || two_replicas(s)));
+    }
+    if let Some(real) = real {
+        cases.push(Case::new("real/chart_rbac_exact", Duration::from_secs(30), move || chart_rbac_exact(real)));
+    }
+    cases
+}
+
+// ---------- helpers shared by the scenarios ----------
+
+fn grant(name: &str, spec: Value) -> DatabricksIdentityGrant {
+    serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("grant")
+}
+
+fn condition<'a>(
+    g: &'a DatabricksIdentityGrant,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    g.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn current(g: &DatabricksIdentityGrant) -> bool {
+    g.status.as_ref().and_then(|s| s.observed_generation) == g.metadata.generation
+}
+
+fn describe(g: &DatabricksIdentityGrant) -> String {
+    serde_json::to_string(&g.status).unwrap_or_default()
+}
+
+/// Waits until the grant's Ready condition has `status` (and `reason`, if given) at its
+/// current generation.
+async fn ready_is(
+    api: &Api<DatabricksIdentityGrant>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+    within: Duration,
+) {
+    wait_until(&format!("{name} Ready={status} {reason:?}"), within, || async {
+        let g = api.get(name).await.map_err(|e| e.to_string())?;
+        match condition(&g, "Ready") {
+            Some(c) if current(&g) && c.status == status && reason.is_none_or(|r| c.reason == r) => Ok(()),
+            _ => Err(describe(&g)),
+        }
+    })
+    .await;
+}
+
+async fn gone(api: &Api<DatabricksIdentityGrant>, name: &str, within: Duration) {
+    wait_until(&format!("{name} deleted"), within, || async {
+        match api.get(name).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Ok(g) => Err(format!("still there: {}", describe(&g))),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
+async fn holds_within(env: &Env, principal: &str, role: &str, scope: &str, expected: bool, within: Duration) {
+    wait_until(&format!("{principal} holds {role} at {scope} == {expected}"), within, || async {
+        if env.holds(principal, role, scope) == expected { Ok(()) } else { Err(format!("{:?}", env.assignments())) }
+    })
+    .await;
+}
+
+async fn policy(env: &Env, name: &str, roles: &[&str], extra_identities: &[String]) -> GrantPolicy {
+    let sub = &env.sandbox.estate.subscription_id;
+    let mut identities = vec![format!("/subscriptions/{sub}/**")];
+    identities.extend(extra_identities.iter().cloned());
+    let p: GrantPolicy = serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": name},
+        "spec": {"namespaceSelector": {"matchLabels": {LABEL: env.id}},
+                 "identities": identities, "roles": roles, "scopes": [format!("/subscriptions/{sub}/**")]},
+    }))
+    .expect("policy");
+    Api::<GrantPolicy>::all(env.admin.clone()).create(&PostParams::default(), &p).await.expect("create policy")
+}
+
+async fn team_namespace(env: &Env) -> String {
+    let ns = format!("{}-team", env.id).replace('_', "-");
+    create_namespace(&env.admin, &ns, BTreeMap::from([(LABEL.to_owned(), env.id.clone())])).await.expect("namespace");
+    ns
+}
+
+async fn metric(op: &Operator, series: &str) -> f64 {
+    op.metric(series).await.unwrap_or(0.0)
+}
+
+const LEADER: &str = "dbx_identity_operator_leader";
+const RECONCILED: &str = "dbx_identity_operator_reconciles_total{result=\"ok\"}";
+
+// ---------- the scenarios ----------
+
+/// Convergence for each identity kind, a tuple shared by two grants, a spec change, Observe,
+/// Retain, Delete through the finalizer, a policy denial, an invalid spec (its repeated Warning
+/// folded into a series), and a grant using its own credential Secret.
+async fn lifecycle(server: Server) {
+    let env = Env::new(server, "lifecycle").await;
+    let estate = env.sandbox.estate.clone();
+    let sc = &estate.scopes;
+    let ns = team_namespace(&env).await;
+    let bare_principal = estate.workspaces[1].managed_identity_principal_id.clone();
+    policy(
+        &env,
+        &env.id,
+        &["Reader", "Storage Blob Data Reader", "Key Vault Secrets User"],
+        &[format!("/principals/{bare_principal}")],
+    )
+    .await;
+    // A credential Secret for a grant that uses its own service principal.
+    let (client_id, sp_principal) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    env.sandbox.arm.emulator.register_app_with_secret(&client_id, "team-secret", &sp_principal);
+    {
+        let mut state = env.sandbox.arm.emulator.state();
+        let uaa = state.role_guid_by_name("User Access Administrator").expect("role");
+        let scope = dbx_identity_operator::azure::ResourceId::subscription(&estate.subscription_id);
+        state.assign_out_of_band(&scope, uaa, &sp_principal);
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "team-sp"},
+        "stringData": {"tenantId": estate.tenant_id, "clientId": client_id, "clientSecret": "team-secret"},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(env.admin.clone(), &ns).create(&PostParams::default(), &secret).await.expect("secret");
+
+    let operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
+    let api = env.grants(&ns);
+    let pp = PostParams::default();
+    let ws0 = &estate.workspaces[0];
+    let uc = &estate.access_connectors[0];
+    let shared = &estate.access_connectors[1];
+    let uai = &shared.user_assigned_identities[0];
+    let uc_principal = uc.principal_id.clone().expect("system identity");
+    // (grant, spec, principal that must end up holding the role, role, scope)
+    let kinds = [
+        (
+            "ws-mi",
+            json!({"workspace": {"resourceId": ws0.id}}),
+            ws0.managed_identity_principal_id.clone(),
+            "Reader",
+            &sc.resource_group,
+        ),
+        (
+            "ws-ac",
+            json!({"workspace": {"resourceId": ws0.id, "source": "AccessConnector"}}),
+            uc_principal.clone(),
+            "Storage Blob Data Reader",
+            &sc.storage_account,
+        ),
+        (
+            "ac-system",
+            json!({"accessConnector": {"resourceId": uc.id}}),
+            uc_principal.clone(),
+            "Key Vault Secrets User",
+            &sc.key_vault,
+        ),
+        (
+            "ac-uai",
+            json!({"accessConnector": {"resourceId": shared.id, "userAssignedIdentityId": uai.id}}),
+            uai.principal_id.clone(),
+            "Reader",
+            &sc.event_hub_namespace,
+        ),
+        (
+            "principal",
+            json!({"principal": {"principalId": bare_principal}}),
+            bare_principal.clone(),
+            "Reader",
+            &sc.key_vault,
+        ),
+    ];
+    for (name, identity, _, role, scope) in &kinds {
+        let spec = json!({"identity": identity, "roleAssignments": [{"role": role, "scope": scope}]});
+        api.create(&pp, &grant(name, spec)).await.expect("create");
+    }
+    let own = json!({"identity": {"accessConnector": {"resourceId": uc.id}}, "azureCredentialRef": {"name": "team-sp"},
+                     "roleAssignments": [{"role": "Storage Blob Data Reader", "scope": sc.storage_account}]});
+    api.create(&pp, &grant("own-credential", own)).await.expect("create");
+    for (name, _, principal, role, scope) in &kinds {
+        ready_is(&api, name, "True", None, Duration::from_secs(30)).await;
+        assert!(env.holds(principal, role, scope), "{name}: {principal} does not hold {role} at {scope}");
+    }
+    ready_is(&api, "own-credential", "True", None, Duration::from_secs(30)).await;
+
+    // A tuple two grants want stays until the last one goes.
+    let ws1 = &estate.workspaces[1];
+    for name in ["share-a", "share-b"] {
+        let spec = json!({"identity": {"workspace": {"resourceId": ws1.id}},
+                          "roleAssignments": [{"role": "Reader", "scope": sc.storage_account}]});
+        api.create(&pp, &grant(name, spec)).await.expect("create");
+        ready_is(&api, name, "True", None, SECONDS).await;
+    }
+    let ws1_principal = &ws1.managed_identity_principal_id;
+    api.delete("share-a", &DeleteParams::default()).await.expect("delete");
+    gone(&api, "share-a", SECONDS).await;
+    assert!(env.holds(ws1_principal, "Reader", &sc.storage_account), "the shared tuple went with the first grant");
+    api.delete("share-b", &DeleteParams::default()).await.expect("delete");
+    gone(&api, "share-b", SECONDS).await;
+    holds_within(&env, ws1_principal, "Reader", &sc.storage_account, false, SECONDS).await;
+
+    // A spec change moves the assignment.
+    let patch = json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": sc.storage_account}]}});
+    api.patch("ws-mi", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    ready_is(&api, "ws-mi", "True", None, SECONDS).await;
+    holds_within(&env, &ws0.managed_identity_principal_id, "Reader", &sc.resource_group, false, SECONDS).await;
+    assert!(env.holds(&ws0.managed_identity_principal_id, "Reader", &sc.storage_account));
+
+    // Observe: planned, nothing written.
+    let before = env.sandbox.arm.emulator.state().all_assignments().len();
+    let spec = json!({"identity": {"workspace": {"resourceId": ws0.id}}, "managementPolicy": "Observe",
+                      "roleAssignments": [{"role": "Key Vault Secrets User", "scope": sc.key_vault}]});
+    api.create(&pp, &grant("observe", spec)).await.expect("create");
+    wait_until("observe: Planned", SECONDS, || async {
+        let g = api.get("observe").await.map_err(|e| e.to_string())?;
+        let planned = g.status.iter().flat_map(|s| &s.role_assignments).any(|r| r.state == AssignmentState::Planned);
+        if planned && current(&g) { Ok(()) } else { Err(describe(&g)) }
+    })
+    .await;
+    assert_eq!(env.sandbox.arm.emulator.state().all_assignments().len(), before, "Observe wrote to Azure");
+
+    // Retain leaves the assignment; Delete (the default, through the finalizer) removes it.
+    let spec = json!({"identity": {"workspace": {"resourceId": ws1.id}}, "deletionPolicy": "Retain",
+                      "roleAssignments": [{"role": "Storage Blob Data Reader", "scope": sc.storage_account}]});
+    api.create(&pp, &grant("retain", spec)).await.expect("create");
+    ready_is(&api, "retain", "True", None, SECONDS).await;
+    api.delete("retain", &DeleteParams::default()).await.expect("delete");
+    gone(&api, "retain", SECONDS).await;
+    assert!(env.holds(ws1_principal, "Storage Blob Data Reader", &sc.storage_account), "Retain removed it");
+    api.delete("ac-system", &DeleteParams::default()).await.expect("delete");
+    gone(&api, "ac-system", SECONDS).await;
+    assert!(!env.holds(&uc_principal, "Key Vault Secrets User", &sc.key_vault), "Delete left it in Azure");
+
+    // A policy denial: never created.
+    let spec = json!({"identity": {"workspace": {"resourceId": ws0.id}},
+                      "roleAssignments": [{"role": "Owner", "scope": sc.resource_group}]});
+    api.create(&pp, &grant("owner", spec)).await.expect("create");
+    wait_until("owner: denied", SECONDS, || async {
+        let g = api.get("owner").await.map_err(|e| e.to_string())?;
+        let denied = g.status.iter().flat_map(|s| &s.role_assignments).any(|r| r.state == AssignmentState::Denied);
+        let compliant = condition(&g, "PolicyCompliant").map(|c| c.status.as_str());
+        if denied && compliant == Some("False") && current(&g) { Ok(()) } else { Err(describe(&g)) }
+    })
+    .await;
+    assert!(!env.holds(&ws0.managed_identity_principal_id, "Owner", &sc.resource_group));
+
+    // An invalid spec (past admission: a scope where the role goes) is reported; a repeat of
+    // the same Warning bumps the Event's series.
+    let spec = json!({"identity": {"workspace": {"resourceId": ws0.id}},
+                      "roleAssignments": [{"role": sc.resource_group, "scope": sc.resource_group}]});
+    api.create(&pp, &grant("invalid", spec)).await.expect("create");
+    ready_is(&api, "invalid", "False", Some("InvalidSpec"), SECONDS).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.admin.clone(), &ns);
+    let touch = json!({"metadata": {"annotations": {"example.com/touched": "1"}}});
+    api.patch("invalid", &PatchParams::default(), &Patch::Merge(&touch)).await.expect("touch");
+    wait_until("the repeated InvalidSpec Event", SECONDS, || async {
+        let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?.items;
+        let invalid: Vec<_> = list.iter().filter(|e| e.reason.as_deref() == Some("InvalidSpec")).collect();
+        let series = invalid.iter().any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2));
+        if invalid.len() == 1 && series { Ok(()) } else { Err(format!("{invalid:?}")) }
+    })
+    .await;
+
+    // SIGTERM: in-flight work finishes, the Lease is released, the process exits 0.
+    let log = operator.log.clone();
+    let exit = operator.stop().await;
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "the operator did not stop cleanly on SIGTERM ({exit:?}): {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A GrantPolicy narrowed, widened, deleted and re-created under the same name, and the
+/// namespace relabelled: each re-judges the grant within seconds with a 1 h resync, removing
+/// what is no longer allowed.
+async fn policy_triggers(server: Server) {
+    let env = Env::new(server, "policy_triggers").await;
+    let estate = env.sandbox.estate.clone();
+    let ns = team_namespace(&env).await;
+    policy(&env, &env.id, &["Reader"], &[]).await;
+    let _operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
+    let api = env.grants(&ns);
+    let (ws, rg) = (&estate.workspaces[0], &estate.scopes.resource_group);
+    let principal = &ws.managed_identity_principal_id;
+    let spec =
+        json!({"identity": {"workspace": {"resourceId": ws.id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("g", spec)).await.expect("create");
+    ready_is(&api, "g", "True", None, Duration::from_secs(30)).await;
+    assert!(env.holds(principal, "Reader", rg));
+
+    let policies: Api<GrantPolicy> = Api::all(env.admin.clone());
+    let roles = |roles: &[&str]| json!({"spec": {"roles": roles}});
+    // Narrowed: Reader no longer allowed.
+    policies
+        .patch(&env.id, &PatchParams::default(), &Patch::Merge(&roles(&["Storage Blob Data Reader"])))
+        .await
+        .expect("narrow");
+    holds_within(&env, principal, "Reader", rg, false, SECONDS).await;
+    ready_is(&api, "g", "False", None, SECONDS).await;
+    // Widened again.
+    policies.patch(&env.id, &PatchParams::default(), &Patch::Merge(&roles(&["Reader"]))).await.expect("widen");
+    ready_is(&api, "g", "True", None, SECONDS).await;
+    holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
+    // Deleted: nothing governs the namespace.
+    policies.delete(&env.id, &DeleteParams::default()).await.expect("delete policy");
+    holds_within(&env, principal, "Reader", rg, false, SECONDS).await;
+    ready_is(&api, "g", "False", None, SECONDS).await;
+    // Re-created under the same name (generation 1 again).
+    policy(&env, &env.id, &["Reader"], &[]).await;
+    ready_is(&api, "g", "True", None, SECONDS).await;
+    holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
+    // The namespace relabelled out of the policy, then back.
+    let namespaces: Api<Namespace> = Api::all(env.admin.clone());
+    let label = |v: &str| json!({"metadata": {"labels": {LABEL: v}}});
+    namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label("elsewhere"))).await.expect("relabel");
+    holds_within(&env, principal, "Reader", rg, false, SECONDS).await;
+    ready_is(&api, "g", "False", None, SECONDS).await;
+    namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label(&env.id))).await.expect("relabel back");
+    ready_is(&api, "g", "True", None, SECONDS).await;
+    holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
+}
+
+/// An assignment deleted out of band is re-created and counted (`driftCorrections`).
+async fn drift_healed(server: Server) {
+    let env = Env::new(server, "drift_healed").await;
+    let estate = env.sandbox.estate.clone();
+    let ns = team_namespace(&env).await;
+    policy(&env, &env.id, &["Reader"], &[]).await;
+    let _operator = env.operator("replica-0", &[&ns], &["--resync-interval", "3s"]);
+    let api = env.grants(&ns);
+    let (ws, rg) = (&estate.workspaces[0], &estate.scopes.resource_group);
+    let spec =
+        json!({"identity": {"workspace": {"resourceId": ws.id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("g", spec)).await.expect("create");
+    ready_is(&api, "g", "True", None, Duration::from_secs(30)).await;
+    let principal = &ws.managed_identity_principal_id;
+    let name = env
+        .assignments()
+        .into_iter()
+        .find(|(_, _, _, p)| p.eq_ignore_ascii_case(principal))
+        .map(|a| a.0)
+        .expect("the grant's assignment");
+    assert!(env.sandbox.arm.emulator.state().delete_out_of_band(&name));
+    holds_within(&env, principal, "Reader", rg, true, Duration::from_secs(20)).await;
+    wait_until("driftCorrections counted", SECONDS, || async {
+        let g = api.get("g").await.map_err(|e| e.to_string())?;
+        if g.status.as_ref().is_some_and(|s| s.drift_corrections >= 1) { Ok(()) } else { Err(describe(&g)) }
+    })
+    .await;
+}
+
+/// Two replicas: exactly one leads and reconciles, both are ready; the leader SIGKILLed, the
+/// other takes over and finishes the work. A replica that cannot reach the API server is not
+/// ready.
+async fn two_replicas(server: Server) {
+    let env = Env::new(server, "two_replicas").await;
+    let estate = env.sandbox.estate.clone();
+    let ns = team_namespace(&env).await;
+    policy(&env, &env.id, &["Reader"], &[]).await;
+    let mut replicas = vec![
+        env.operator("replica-a", &[&ns], &["--resync-interval", "1h"]),
+        env.operator("replica-b", &[&ns], &["--resync-interval", "1h"]),
+    ];
+    wait_until("one leader, both ready", Duration::from_secs(30), || async {
+        let mut leaders = 0.0;
+        let mut ready = Vec::new();
+        for r in &replicas {
+            leaders += metric(r, LEADER).await;
+            ready.push(r.readyz().await);
+        }
+        if leaders == 1.0 && ready.iter().all(|r| *r == Some(200)) {
+            Ok(())
+        } else {
+            Err(format!("leaders {leaders}, readyz {ready:?}"))
+        }
+    })
+    .await;
+    let api = env.grants(&ns);
+    let rg = &estate.scopes.resource_group;
+    let spec = |i: usize| json!({"identity": {"workspace": {"resourceId": estate.workspaces[i].id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("one", spec(0))).await.expect("create");
+    ready_is(&api, "one", "True", None, Duration::from_secs(30)).await;
+    let mut leader = None;
+    for (i, r) in replicas.iter().enumerate() {
+        if metric(r, LEADER).await == 1.0 {
+            leader = Some(i);
+            assert!(metric(r, RECONCILED).await >= 1.0, "the leader did not reconcile");
+        } else {
+            assert_eq!(metric(r, RECONCILED).await, 0.0, "the standby reconciled");
+            assert_eq!(r.readyz().await, Some(200), "the standby is not ready");
+        }
+    }
+    let leader = leader.expect("a leader");
+    replicas[leader].kill();
+    let survivor = &replicas[1 - leader];
+    api.create(&PostParams::default(), &grant("two", spec(1))).await.expect("create");
+    ready_is(&api, "two", "True", None, Duration::from_secs(40)).await;
+    assert_eq!(metric(survivor, LEADER).await, 1.0, "the survivor does not lead");
+    assert!(env.holds(&estate.workspaces[1].managed_identity_principal_id, "Reader", rg));
+
+    // A replica whose API server is unreachable is alive but not ready.
+    let closed = crate::cluster::free_port();
+    let kubeconfig = env.dir.path().join("unreachable-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:{closed}\nusers:\n- name: x\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: x, user: x}}\ncurrent-context: x\n"),
+    )
+    .expect("kubeconfig");
+    let mut cut_off = env.operator_with_kubeconfig("cut-off", &[&ns], &["--resync-interval", "1h"], &kubeconfig);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Some(exit) = cut_off.exited() {
+        panic!("the cut-off replica exited ({exit}) instead of reporting not ready: {}", cut_off.log_text());
+    }
+    assert_eq!(cut_off.readyz().await, Some(503), "a replica that cannot reach the API server reports ready");
+}
+
+/// Every request the operator's ServiceAccount made on the real server was allowed by the
+/// chart's RBAC (no 403), and every verb the chart grants was used (least privilege).
+async fn chart_rbac_exact(real: Arc<RealCluster>) {
+    let requests = real.operator_requests();
+    assert!(requests.len() > 20, "too few operator requests in the audit log: {}", requests.len());
+    let forbidden: Vec<String> = requests
+        .iter()
+        .filter(|r| r.4 == 403)
+        .map(|(verb, group, resource, ns, _)| format!("{verb} {group}/{resource} in '{ns}'"))
+        .collect();
+    assert!(forbidden.is_empty(), "the chart's RBAC refused the operator:\n{}", forbidden.join("\n"));
+    let mut unused = Vec::new();
+    for doc in crate::cluster::chart_rbac().expect("rbac") {
+        for rule in doc["rules"].as_array().into_iter().flatten() {
+            let list = |k: &str| -> Vec<String> {
+                rule[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        if !requests.iter().any(|r| r.0 == verb && r.1 == group && r.2 == resource) {
+                            unused.push(format!("{verb} {group}/{resource}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(unused.is_empty(), "the chart grants what the operator never used:\n{}", unused.join("\n"));
+}
