@@ -16,7 +16,9 @@ async fn the_log_scan_sees_the_operator_and_catches_secrets() {
     h.ready("scanned").await;
     h.assert_invariant(&[]).await;
     h.stop().await;
-    assert!(lines_scanned() > 100, "only {} log lines reached the scan", lines_scanned());
+    // One grant's reconcile at trace level is ~100 lines (fewer since the policy and namespace
+    // watches were merged into one each); dozens prove the scan sees the operator.
+    assert!(lines_scanned() > 50, "only {} log lines reached the scan", lines_scanned());
     assert!(leaked_in_logs().is_empty(), "{:?}", leaked_in_logs());
 
     tracing::debug!(header = "Authorization: Bearer abc.def", "a careless line");

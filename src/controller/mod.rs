@@ -95,6 +95,8 @@ pub struct Context {
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
     triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
+    /// Set once the readiness probe runs (see [`spawn_readiness`]).
+    readiness: OnceLock<()>,
 }
 
 type GrantTrigger = futures::channel::mpsc::UnboundedSender<ObjectRef<DatabricksIdentityGrant>>;
@@ -124,6 +126,7 @@ impl Context {
             triggers: Mutex::default(),
             writers: Mutex::default(),
             claims: claims::ClaimIndex::default(),
+            readiness: OnceLock::new(),
         }
     }
 
@@ -145,8 +148,7 @@ impl Context {
             let lower = id.to_ascii_lowercase();
             lower.find("/providers/microsoft.authorization/roleassignments/").map(|at| lower[..at].to_owned())
         };
-        let triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
-        for grant in self.grants() {
+        self.wake_grants(|grant| {
             let wanted = grant
                 .spec
                 .role_assignments
@@ -157,7 +159,15 @@ impl Context {
                     .and_then(|s| ResourceId::parse(&s).ok())
                     .is_some_and(|s| scopes.contains(&s.normalized()))
             });
-            if !(wanted || managed) {
+            wanted || managed
+        });
+    }
+
+    /// Reconciles, out of schedule, every known grant `affected` selects.
+    pub fn wake_grants(&self, affected: impl Fn(&DatabricksIdentityGrant) -> bool) {
+        let triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        for grant in self.grants() {
+            if !affected(&grant) {
                 continue;
             }
             let namespace = grant.metadata.namespace.clone();
@@ -243,25 +253,38 @@ impl Context {
     }
 }
 
-/// Marks the operator ready once the policy and namespace caches have synced and grants can be
-/// listed, then keeps the grant gauges current.
+/// Readiness, the same for a leader and a standby: the API server answers and serves the grant
+/// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
+/// so a Deployment of two replicas reports 2/2 and rollouts finish; a replica that cannot reach
+/// the API server is not. Started once per process, by whichever of [`run`] and
+/// [`run_with_leader_election`] comes first.
+pub fn spawn_readiness(ctx: &Arc<Context>) {
+    if ctx.readiness.set(()).is_err() {
+        return;
+    }
+    let (client, metrics) = (ctx.client.clone(), ctx.metrics.clone());
+    tokio::spawn(async move {
+        let grants: Api<DatabricksIdentityGrant> = Api::all(client);
+        // Metadata only: one unreadable grant must not make the operator unready.
+        let params = kube::api::ListParams::default().limit(1);
+        loop {
+            let reachable = tokio::time::timeout(Duration::from_secs(5), grants.list_metadata(&params)).await;
+            let ready = matches!(reachable, Ok(Ok(_)));
+            if metrics.ready.swap(ready, Ordering::Relaxed) != ready {
+                match &reachable {
+                    Ok(Ok(_)) => info!("ready: the API server answers"),
+                    Ok(Err(e)) => warn!(error = %e, "not ready: cannot list grants"),
+                    Err(_) => warn!("not ready: listing grants timed out"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(if ready { 5 } else { 2 })).await;
+        }
+    });
+}
+
+/// Keeps the grant gauges current (on the replica that reconciles).
 fn spawn_gauges(ctx: Arc<Context>) {
     tokio::spawn(async move {
-        if let Some(p) = ctx.policies.get() {
-            let _ = p.wait_until_ready().await;
-        }
-        if let Some(n) = ctx.namespaces.get() {
-            let _ = n.wait_until_ready().await;
-        }
-        // The grant controller's own store does not expose a sync signal we can await here;
-        // one successful list shows the API is reachable and the CRD served.
-        let grants: Api<DatabricksIdentityGrant> = Api::all(ctx.client.clone());
-        // Metadata only: one unreadable grant must not keep the operator unready.
-        while let Err(e) = grants.list_metadata(&kube::api::ListParams::default().limit(1)).await {
-            warn!(error = %e, "not ready: cannot list grants");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        ctx.metrics.ready.store(true, Ordering::Relaxed);
         loop {
             let grants = ctx.grants();
             let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
@@ -330,26 +353,6 @@ fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiv
     });
 }
 
-/// Keeps a reflector store of `K` from a watch up to date until the process ends.
-fn reflect<K>(
-    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watch).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                warn!(error = %e, "watch");
-            }
-        }
-    });
-    reader
-}
-
 async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
@@ -358,12 +361,117 @@ async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// What identifies a version of an object for re-judging grants: its uid and generation (a
+/// policy re-created under the same name starts at generation 1 again, with a new uid).
+type PolicyVersion = (Option<String>, Option<i64>);
+
+/// The one GrantPolicy watch: it feeds the policy store the policy gate reads and, from the same
+/// event (after the store has it), wakes every grant when a policy's spec changes, a policy
+/// appears or goes, or a relist finds a different set — so a grant is never judged against a
+/// policy older than the event that woke it. Every event also goes to the policy status
+/// controller.
+fn spawn_policy_watch(
+    ctx: Arc<Context>,
+    status: futures::channel::mpsc::UnboundedSender<Result<GrantPolicy, watcher::Error>>,
+) -> Store<GrantPolicy> {
+    let (reader, writer) = reflector::store();
+    let stream = lenient::watch::<GrantPolicy>(ctx.client.clone(), None).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut seen: HashMap<String, PolicyVersion> = HashMap::new();
+        let mut relisted: Option<HashMap<String, PolicyVersion>> = None;
+        while let Some(event) = stream.next().await {
+            let version = |p: &GrantPolicy| (p.metadata.uid.clone(), p.metadata.generation);
+            let changed = match event {
+                Ok(watcher::Event::Apply(p)) => {
+                    let changed = seen.insert(p.name_any(), version(&p)) != Some(version(&p));
+                    let _ = status.unbounded_send(Ok(p));
+                    changed
+                }
+                Ok(watcher::Event::Delete(p)) => seen.remove(&p.name_any()).is_some(),
+                Ok(watcher::Event::Init) => {
+                    relisted = Some(HashMap::new());
+                    false
+                }
+                Ok(watcher::Event::InitApply(p)) => {
+                    relisted.get_or_insert_default().insert(p.name_any(), version(&p));
+                    let _ = status.unbounded_send(Ok(p));
+                    false
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let current = relisted.take().unwrap_or_default();
+                    std::mem::replace(&mut seen, current) != seen
+                }
+                Err(e) => {
+                    warn!(error = %e, "GrantPolicy watch");
+                    false
+                }
+            };
+            if changed {
+                tracing::debug!("GrantPolicies changed; re-judging every grant");
+                ctx.wake_grants(|_| true);
+            }
+        }
+    });
+    reader
+}
+
+/// The one Namespace watch: it feeds the label store the policy gate reads and, from the same
+/// event, wakes the grants of a namespace whose labels changed (or that went).
+fn spawn_namespace_watch(ctx: Arc<Context>) -> Store<Namespace> {
+    type Labels = std::collections::BTreeMap<String, String>;
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut seen: HashMap<String, Labels> = HashMap::new();
+        let mut relisted: Option<HashMap<String, Labels>> = None;
+        while let Some(event) = stream.next().await {
+            let labels = |ns: &Namespace| ns.metadata.labels.clone().unwrap_or_default();
+            let changed: Vec<String> = match event {
+                Ok(watcher::Event::Apply(ns)) => {
+                    let name = ns.name_any();
+                    if seen.insert(name.clone(), labels(&ns)) == Some(labels(&ns)) { vec![] } else { vec![name] }
+                }
+                Ok(watcher::Event::Delete(ns)) => {
+                    seen.remove(&ns.name_any()).map(|_| ns.name_any()).into_iter().collect()
+                }
+                Ok(watcher::Event::Init) => {
+                    relisted = Some(HashMap::new());
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(ns)) => {
+                    relisted.get_or_insert_default().insert(ns.name_any(), labels(&ns));
+                    vec![]
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let current = relisted.take().unwrap_or_default();
+                    let mut names: Vec<String> =
+                        current.iter().filter(|(n, l)| seen.get(*n) != Some(*l)).map(|(n, _)| n.clone()).collect();
+                    names.extend(seen.keys().filter(|n| !current.contains_key(*n)).cloned());
+                    seen = current;
+                    names
+                }
+                Err(e) => {
+                    warn!(error = %e, "Namespace watch");
+                    vec![]
+                }
+            };
+            if !changed.is_empty() {
+                ctx.wake_grants(|g| g.metadata.namespace.as_ref().is_some_and(|ns| changed.contains(ns)));
+            }
+        }
+    });
+    reader
+}
+
 /// Runs the controllers until `shutdown` resolves, then lets in-flight reconciles finish.
 pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     // Only the replica that leads (or the only one) runs this.
     ctx.metrics.leader.set(1);
-    let _ = ctx.policies.set(reflect(lenient::watch::<GrantPolicy>(ctx.client.clone(), None)));
-    let _ = ctx.namespaces.set(reflect(watcher(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default())));
+    spawn_readiness(&ctx);
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -383,45 +491,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
                 .reflect(writer)
                 .inspect_ok(move |event| index.claims.observe(&mut relists, event))
                 .applied_objects();
-            let controller = Controller::for_stream(grants, reader).with_config(config.clone()).reconcile_on(triggered);
-            // Policy spec or namespace-label changes re-reconcile the grants they may affect;
-            // status writes (the operator's own, on policies) and other namespace edits do not.
-            let (all, in_namespace) = (controller.store(), controller.store());
-            let policy_generations: Mutex<HashMap<String, Option<i64>>> = Mutex::default();
-            let namespace_labels: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>> = Mutex::default();
-            controller
-                .watches_stream(
-                    lenient::watch::<GrantPolicy>(ctx.client.clone(), None).touched_objects(),
-                    move |p: GrantPolicy| {
-                        let name = p.metadata.name.clone().unwrap_or_default();
-                        let previous = policy_generations
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name, p.metadata.generation);
-                        if previous == Some(p.metadata.generation) {
-                            return Vec::new();
-                        }
-                        all.state().iter().map(|g| ObjectRef::from(g.as_ref())).collect::<Vec<_>>()
-                    },
-                )
-                .watches(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default(), move |ns: Namespace| {
-                    let name = ns.metadata.name.clone().unwrap_or_default();
-                    let labels = ns.metadata.labels.clone().unwrap_or_default();
-                    let previous =
-                        namespace_labels.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), labels.clone());
-                    if previous.as_ref() == Some(&labels) {
-                        return Vec::new();
-                    }
-                    in_namespace
-                        .state()
-                        .iter()
-                        .filter(|g| g.metadata.namespace.as_deref() == Some(name.as_str()))
-                        .map(|g| ObjectRef::from(g.as_ref()))
-                        .collect::<Vec<_>>()
-                })
+            // Policy and namespace-label changes arrive through `triggered` (see
+            // spawn_policy_watch and spawn_namespace_watch).
+            Controller::for_stream(grants, reader).with_config(config.clone()).reconcile_on(triggered)
         })
         .collect();
     let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
+    let (policy_status, policy_events) = futures::channel::mpsc::unbounded();
+    let policy_reader = spawn_policy_watch(ctx.clone(), policy_status);
+    let _ = ctx.policies.set(policy_reader.clone());
+    let _ = ctx.namespaces.set(spawn_namespace_watch(ctx.clone()));
     spawn_gauges(ctx.clone());
     spawn_scope_refresher(ctx.clone(), shutdown.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
@@ -439,10 +518,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
                 .boxed()
         })
         .collect();
-    let (policy_reader, policy_writer) = reflector::store();
-    let policies = lenient::watch::<GrantPolicy>(ctx.client.clone(), None).reflect(policy_writer).applied_objects();
     runs.push(
-        Controller::for_stream(policies, policy_reader)
+        Controller::for_stream(policy_events, policy_reader)
             .graceful_shutdown_on(shutdown_signal(shutdown.clone()))
             .run(policy_status::reconcile, policy_status::error_policy, ctx.clone())
             .for_each(|_| async {})
@@ -484,14 +561,27 @@ pub async fn run_with_leader_election(
     election: LeaderElection,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ElectionError> {
+    spawn_readiness(&ctx);
     let seconds = u64::max(election.lease_duration.as_secs(), 2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &election.lease_name)
-        .with_namespace(&election.lease_namespace)
-        .with_identity(&election.identity)
-        .with_duration(seconds)
-        .with_grace(u64::max(seconds / 3, 1))
-        .build()
-        .await?;
+    // An API server that cannot be reached yet is waited for (the replica stays unready), not a
+    // crash loop.
+    let manager = loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &election.lease_name)
+            .with_namespace(&election.lease_namespace)
+            .with_identity(&election.identity)
+            .with_duration(seconds)
+            .with_grace(u64::max(seconds / 3, 1))
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(e) => warn!(error = %e, "leader election: cannot reach the Lease yet; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    };
     ctx.metrics.leader.set(0);
     info!(lease = %election.lease_name, identity = %election.identity, "standby: waiting for the lease");
     let (mut leading, lease_task) = manager.watch().await;
