@@ -139,6 +139,18 @@ pub struct Claim {
     pub created: String,
 }
 
+/// Which of two grants asking for one tuple with different conditions wins: the older one and,
+/// between grants created in the same second (creation timestamps have one-second resolution;
+/// `kubectl apply -f dir/`, Helm and Argo CD create many at once), the one whose
+/// `namespace/name` sorts first. A total order, so exactly one wins, always the same one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    /// Creation timestamp (RFC 3339, as the API server formats it: lexical order is time order).
+    pub created: String,
+    /// `namespace/name`.
+    pub grant: String,
+}
+
 /// What other live grants want, for sharing and conflicts.
 #[derive(Debug, Clone, Default)]
 pub struct OtherGrants {
@@ -158,31 +170,30 @@ fn condition_text(c: &Option<AbacCondition>) -> Option<&str> {
 ///   scope matches count);
 /// - `managed`: `(scope, name)` of the assignments this grant created earlier (its record in
 ///   status);
-/// - `created_at`: this grant's creation timestamp (RFC 3339), for conflict precedence.
+/// - `me`: this grant's [`Precedence`] in condition conflicts.
 pub fn plan(
     desired: &[DesiredAssignment],
     observed: &[ObservedAssignment],
     managed: &[(ResourceId, String)],
     creating: &[(ResourceId, String)],
     others: &OtherGrants,
-    created_at: &str,
+    me: &Precedence,
 ) -> Plan {
     let mut out = Plan::default();
+    let precedes_me = |grant: &str, created: &str| (created, grant) < (me.created.as_str(), me.grant.as_str());
     for d in desired {
-        // An older grant claiming the same name with another condition wins.
-        let conflict = others.claims.iter().find(|(name, condition, _, other_created)| {
-            *name == d.name
-                && condition.as_deref() != condition_text(&d.condition)
-                && other_created.as_str() <= created_at
+        // A grant that precedes this one, claiming the same name with another condition, wins.
+        let conflict = others.claims.iter().find(|(name, condition, grant, other_created)| {
+            *name == d.name && condition.as_deref() != condition_text(&d.condition) && precedes_me(grant, other_created)
         });
         if let Some((_, _, grant, _)) = conflict {
             out.steps.push(Step::Conflict { with: grant.clone() });
             continue;
         }
-        for (_, _, grant, _) in others.claims.iter().filter(|(name, condition, _, other_created)| {
+        for (_, _, grant, _) in others.claims.iter().filter(|(name, condition, grant, other_created)| {
             *name == d.name
                 && condition.as_deref() != condition_text(&d.condition)
-                && other_created.as_str() > created_at
+                && !precedes_me(grant, other_created)
         }) {
             out.notes.push((d.index, format!("grant {grant} asks for the same assignment with another condition; this grant is older, so its condition is kept")));
         }
@@ -317,7 +328,7 @@ mod tests {
             &[(want[3].scope.clone(), want[3].name.clone())],
             &[],
             &OtherGrants::default(),
-            "2026-01-01T00:00:00Z",
+            &me("2026-01-01T00:00:00Z"),
         );
         assert_eq!(p.steps[0], Step::InSync);
         assert_eq!(p.steps[1], Step::Update);
@@ -336,7 +347,7 @@ mod tests {
         let observed = vec![observed_from(&old, &old.name), observed_from(&shared, &shared.name)];
         let others = OtherGrants { wanted: [shared.name.clone()].into(), claims: vec![] };
         let managed = [(old.scope.clone(), old.name.clone()), (shared.scope.clone(), shared.name.clone())];
-        let p = plan(&want, &observed, &managed, &[], &others, "t");
+        let p = plan(&want, &observed, &managed, &[], &others, &me("t"));
         assert_eq!(p.deletions, vec![(old.scope.clone(), old.name.clone())]);
         assert_eq!(p.released, vec![shared.name.clone()]);
         assert_eq!(p.steps, vec![Step::Create { drift: false }]);
@@ -351,13 +362,34 @@ mod tests {
             (written_then_changed.scope.clone(), written_then_changed.name.clone()),
             (still_wanted.scope.clone(), still_wanted.name.clone()),
         ];
-        let p = plan(&want, &[], &[], &creating, &OtherGrants::default(), "t");
+        let p = plan(&want, &[], &[], &creating, &OtherGrants::default(), &me("t"));
         assert_eq!(p.deletions, vec![(written_then_changed.scope.clone(), written_then_changed.name.clone())]);
         assert_eq!(p.steps, vec![Step::Create { drift: false }], "a write never confirmed is not drift");
         // Recorded as both (a write confirmed by a list before its status update): one deletion.
         let both = [(written_then_changed.scope.clone(), written_then_changed.name.clone())];
-        let p = plan(&[], &[], &both, &both, &OtherGrants::default(), "t");
+        let p = plan(&[], &[], &both, &both, &OtherGrants::default(), &me("t"));
         assert_eq!(p.deletions.len(), 1);
+    }
+
+    fn me(created: &str) -> Precedence {
+        Precedence { created: created.into(), grant: "ns/me".into() }
+    }
+
+    #[test]
+    fn of_two_grants_created_in_the_same_second_exactly_one_wins() {
+        let want = vec![desired(0, "rg-a", 1, Some("mine"))];
+        let name = want[0].name.clone();
+        let second = "2026-01-01T00:00:00Z";
+        let claim_of = |grant: &str, condition: &str| OtherGrants {
+            wanted: [name.clone()].into(),
+            claims: vec![(name.clone(), Some(condition.into()), grant.into(), second.into())],
+        };
+        let a = Precedence { created: second.into(), grant: "ns/a".into() };
+        let b = Precedence { created: second.into(), grant: "ns/b".into() };
+        let a_plan = plan(&want, &[], &[], &[], &claim_of("ns/b", "theirs"), &a);
+        let b_plan = plan(&want, &[], &[], &[], &claim_of("ns/a", "theirs"), &b);
+        assert_eq!(a_plan.steps, vec![Step::Create { drift: false }], "ns/a sorts first and wins");
+        assert_eq!(b_plan.steps, vec![Step::Conflict { with: "ns/a".into() }]);
     }
 
     #[test]
@@ -368,10 +400,10 @@ mod tests {
             wanted: [name.clone()].into(),
             claims: vec![(name.clone(), Some("theirs".into()), "ns/older".into(), "2026-01-01T00:00:00Z".into())],
         };
-        let p = plan(&want, &[], &[], &[], &older, "2026-02-01T00:00:00Z");
+        let p = plan(&want, &[], &[], &[], &older, &me("2026-02-01T00:00:00Z"));
         assert_eq!(p.steps, vec![Step::Conflict { with: "ns/older".into() }]);
         // The same claim from a younger grant does not block this one.
-        let p = plan(&want, &[], &[], &[], &older, "2025-12-01T00:00:00Z");
+        let p = plan(&want, &[], &[], &[], &older, &me("2025-12-01T00:00:00Z"));
         assert_eq!(p.steps, vec![Step::Create { drift: false }]);
         assert!(p.notes[0].1.contains("ns/older"), "the older grant reports the conflict too");
         // Same condition is sharing, not a conflict.
@@ -380,7 +412,7 @@ mod tests {
             claims: vec![(name, Some("mine".into()), "ns/older".into(), "2026-01-01T00:00:00Z".into())],
         };
         assert_eq!(
-            plan(&want, &[], &[], &[], &same, "2026-02-01T00:00:00Z").steps,
+            plan(&want, &[], &[], &[], &same, &me("2026-02-01T00:00:00Z")).steps,
             vec![Step::Create { drift: false }]
         );
     }
@@ -391,7 +423,7 @@ mod tests {
         let foreign_role = desired(0, "rg-a", 9, None);
         let elsewhere = desired(0, "rg-zzz", 9, None);
         let observed = vec![observed_from(&foreign_role, "f1"), observed_from(&elsewhere, "f2")];
-        let p = plan(&want, &observed, &[], &[], &OtherGrants::default(), "t");
+        let p = plan(&want, &observed, &[], &[], &OtherGrants::default(), &me("t"));
         assert_eq!(p.unmanaged.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["f1"]);
         assert!(p.deletions.is_empty());
     }

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use super::Context;
 use super::conditions::{self, Decided};
 use super::plan::{
-    Claim, DesiredAssignment, ObservedAssignment, OtherGrants, Step, assignment_id, assignment_name, is_as_desired,
-    plan,
+    Claim, DesiredAssignment, ObservedAssignment, OtherGrants, Precedence, Step, assignment_id, assignment_name,
+    is_as_desired, plan,
 };
 use super::resolve::Principal;
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
@@ -511,7 +511,10 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         status.managed_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
     let creating: Vec<(ResourceId, String)> =
         previous.creating_assignments.iter().filter_map(|id| split_assignment_id(id)).collect();
-    let created_at = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    let precedence = Precedence {
+        created: grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+        grant: key(grant),
+    };
     let relevant: HashSet<String> = desired
         .iter()
         .map(|d| d.name.to_ascii_lowercase())
@@ -519,7 +522,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         .chain(observed.iter().map(|o| o.name.to_ascii_lowercase()))
         .collect();
     let others = other_grants(grant, ctx, &relevant);
-    let the_plan = plan(&desired, &observed, &managed, &creating, &others, &created_at);
+    let the_plan = plan(&desired, &observed, &managed, &creating, &others, &precedence);
     let enforce = validated.management_policy == ManagementPolicy::Enforce;
 
     // 8a. Record the assignments about to be created before creating them: stopped between a
@@ -604,7 +607,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
                 st.state = AssignmentState::Failed;
                 st.reason = Some("ConflictingGrant".into());
                 st.message = Some(format!(
-                    "older grant {with} asks for the same principal, role and scope with another condition; Azure allows one assignment per tuple, so its condition wins"
+                    "older grant {with} asks for the same principal, role and scope with another condition; Azure allows one assignment per tuple, so its condition wins (grants created in the same second: the namespace/name that sorts first)"
                 ));
                 events.push((
                     EventType::Warning,
