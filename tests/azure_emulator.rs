@@ -608,3 +608,45 @@ async fn hostile_responses_are_errors_never_panics_or_hangs() {
     // The endless list stopped at the page cap rather than running on.
     assert!(f.arm.emulator.count("ListRoleAssignments") <= 1000 + 10);
 }
+
+#[tokio::test]
+async fn hostile_throttling_headers_are_ignored_or_capped_never_a_panic() {
+    let _scenario =
+        common::scenario("Bad input", "hostile throttling headers: -inf/NaN/1e300 remaining, a 2^64 s Retry-After");
+    use dbx_identity_operator::sandbox::arm::HostileResponse;
+    let f = fixture_with(StateConfig::default(), ThrottleConfig { enabled: false, ..ThrottleConfig::default() }).await;
+    f.arm
+        .emulator
+        .set_faults(FaultConfig { hostile: Some(HostileResponse::RateLimitHeaders), ..FaultConfig::default() });
+    // The production pacer in the pipeline, without retries: every other answer is a 429.
+    let client = {
+        let credential = client_secret(&f.settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
+        let mut options = client_options(Some(&f.arm.ca_file), RetryOptions::none()).expect("options");
+        options.per_try_policies.push(std::sync::Arc::new(dbx_identity_operator::azure::pacing::PacingPolicy::new()));
+        ArmClient::new(f.arm.url(), credential, options).expect("client")
+    };
+    let workspace = ResourceId::parse(&f.estate.workspaces[0].id).expect("id");
+    let mut outcomes = Vec::new();
+    for _ in 0..8 {
+        // A 429 holds the bucket for at most MAX_RETRY_AFTER (5 min) — never 2^64 s, never a
+        // panic; each call here either answers or is refused at once.
+        let (client, workspace) = (client.clone(), workspace.clone());
+        let call = async move {
+            let limit = dbx_identity_operator::azure::pacing::MAX_RETRY_AFTER + Duration::from_secs(30);
+            tokio::time::timeout(limit, client.get_workspace(&workspace)).await
+        };
+        match tokio::spawn(call).await {
+            Ok(Ok(result)) => outcomes.push(result.map(|_| ()).map_err(|e| e.code().to_owned())),
+            Ok(Err(_)) => panic!("a call hung on a hostile Retry-After"),
+            Err(join) => panic!("the client panicked on hostile throttling headers: {join}"),
+        }
+        if outcomes.last().is_some_and(Result::is_err) {
+            break;
+        }
+    }
+    assert!(outcomes.iter().any(Result::is_ok), "{outcomes:?}");
+    assert!(
+        outcomes.iter().any(|o| o.as_ref().is_err_and(|c| c.contains("Throttl") || c.contains("TooMany"))),
+        "{outcomes:?}"
+    );
+}

@@ -72,6 +72,33 @@ const MIN_SAMPLE_WINDOW: Duration = Duration::from_secs(2);
 /// When nothing was learned yet: assume a slow bucket rather than hammer an empty one.
 const UNKNOWN_RATE_WAIT: Duration = Duration::from_secs(1);
 
+/// Longest a 429's `Retry-After` holds a bucket. Azure asks for seconds to a few minutes; a
+/// larger value (a proxy's, a bug's, or hostile) is capped rather than obeyed for hours — or
+/// overflowing `Instant + Duration`.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Retry-After assumed for a 429 without a usable one.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// `x-ms-ratelimit-remaining-*`: ARM sends a count of whole requests. Anything else (negative,
+/// fractional, `inf`, `NaN`, absurdly large, junk) is ignored, as if the header were absent —
+/// TLS-inspecting proxies sit on this path and are not trusted to keep it intact.
+pub fn parse_remaining(value: &str) -> Option<f64> {
+    value.trim().parse::<u32>().ok().map(f64::from)
+}
+
+/// A 429's `Retry-After` in whole seconds (ARM's form), capped at [`MAX_RETRY_AFTER`]; missing
+/// or unparsable means [`DEFAULT_RETRY_AFTER`].
+pub fn parse_retry_after(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, |secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Seconds as a Duration for waits computed from learned rates: never negative, NaN or huge.
+fn wait_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.clamp(0.0, MAX_RETRY_AFTER.as_secs_f64())).unwrap_or(UNKNOWN_RATE_WAIT)
+}
+
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
@@ -143,9 +170,9 @@ impl PaceBook {
             return if now > asked { Pace::After(now - asked) } else { Pace::Go };
         }
         // Nearly empty: one request per refilled token, in order of asking.
-        let spacing = state.rate.map_or(UNKNOWN_RATE_WAIT, |r| Duration::from_secs_f64(1.0 / r.max(0.01)));
+        let spacing = state.rate.map_or(UNKNOWN_RATE_WAIT, |r| wait_secs(1.0 / r.max(0.01)));
         let earliest = match state.rate {
-            Some(rate) => now + Duration::from_secs_f64(((PACE_BELOW - estimate) / rate.max(0.01)).max(0.0)),
+            Some(rate) => now + wait_secs((PACE_BELOW - estimate) / rate.max(0.01)),
             None => now + UNKNOWN_RATE_WAIT,
         };
         let slot = state.next_slot.map_or(earliest, |s| s.max(earliest));
@@ -184,7 +211,7 @@ impl PaceBook {
         }
         if let Some(retry_after) = throttled {
             // The bucket is empty: hold every request of it, not only this one.
-            let until = now + retry_after;
+            let until = now + retry_after.min(MAX_RETRY_AFTER);
             state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
             state.remaining = 0.0;
             state.at = now;
@@ -271,13 +298,9 @@ impl Policy for PacingPolicy {
         match &result {
             Ok(response) => {
                 let header = |name: &'static str| response.headers().get_optional_str(&name.into()).map(str::to_owned);
-                let remaining = header(key.1.header()).and_then(|v| v.trim().parse::<f64>().ok());
+                let remaining = header(key.1.header()).as_deref().and_then(parse_remaining);
                 let status = u16::from(response.status());
-                let throttled = (status == 429).then(|| {
-                    header("retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map_or(Duration::from_secs(1), Duration::from_secs)
-                });
+                let throttled = (status == 429).then(|| parse_retry_after(header("retry-after").as_deref()));
                 self.book().observe(&key, Instant::now(), remaining, throttled, counted);
             }
             Err(_) if counted => self.book().abandon(&key),
@@ -293,6 +316,29 @@ mod tests {
 
     fn key() -> BucketKey {
         ("sub".into(), BucketClass::Writes)
+    }
+
+    #[test]
+    fn hostile_rate_limit_headers_are_ignored_or_capped_never_a_panic() {
+        for junk in ["-inf", "inf", "-1e300", "1e300", "NaN", "-1", "2.5", "", "  ", "99999999999", "0x10", "１２"] {
+            assert_eq!(parse_remaining(junk), None, "{junk:?}");
+        }
+        assert_eq!(parse_remaining(" 11999 "), Some(11999.0));
+        assert_eq!(parse_retry_after(Some("18446744073709551615")), MAX_RETRY_AFTER);
+        assert_eq!(parse_retry_after(Some("99999999999999999999999")), DEFAULT_RETRY_AFTER);
+        assert_eq!(parse_retry_after(Some("-5")), DEFAULT_RETRY_AFTER);
+        assert_eq!(parse_retry_after(None), DEFAULT_RETRY_AFTER);
+        assert_eq!(parse_retry_after(Some("7")), Duration::from_secs(7));
+        // Whatever reaches the book stays finite: a huge hold is capped, junk rates never panic.
+        let mut book = PaceBook::default();
+        let now = Instant::now();
+        book.observe(&key(), now, Some(5.0), None, false);
+        book.observe(&key(), now, None, Some(Duration::MAX), false);
+        assert_eq!(book.held(&key(), now), Some(MAX_RETRY_AFTER));
+        let later = now + Duration::from_secs(400);
+        book.observe(&key(), later, Some(0.0), None, false);
+        book.observe(&key(), later + Duration::from_secs(3), Some(f64::from(u32::MAX)), None, false);
+        assert!(matches!(book.ask(&key(), later + Duration::from_secs(4)), Pace::Go | Pace::After(_)));
     }
 
     #[test]

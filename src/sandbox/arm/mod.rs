@@ -64,6 +64,10 @@ pub enum HostileResponse {
     ErrorBodyWith200,
     /// Lists never end: every page is empty and links to another page.
     EndlessPagination,
+    /// The throttling headers are junk: `x-ms-ratelimit-remaining-*` is `-inf`, `-1e300`,
+    /// `NaN` or `1e300` in turn, and every other response is a 429 whose `Retry-After` is
+    /// 2^64 − 1 seconds (a broken or hostile proxy).
+    RateLimitHeaders,
 }
 
 /// How to start the emulator.

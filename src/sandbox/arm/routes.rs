@@ -444,8 +444,12 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
         },
         Err(f) => failure(&f),
     };
+    if faults.hostile == Some(HostileResponse::RateLimitHeaders) {
+        response = hostile_rate_limit_headers(response, class.header());
+    } else {
+        response.headers_mut().insert(class.header(), HeaderValue::from(remaining));
+    }
     let status = response.status().as_u16();
-    response.headers_mut().insert(class.header(), HeaderValue::from(remaining));
     if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         response.headers_mut().insert("x-ms-request-id", id);
     }
@@ -537,6 +541,8 @@ fn hostile_response(
             200,
             &json!({"error": {"code": "InternalServerError", "message": "Encountered internal server error."}}),
         ),
+        // Headers only (see hostile_rate_limit_headers).
+        HostileResponse::RateLimitHeaders => json_response(status, &body),
         HostileResponse::EndlessPagination => {
             if body.get("value").is_none() {
                 return json_response(status, &body);
@@ -549,6 +555,19 @@ fn hostile_response(
             json_response(status, &json!({"value": [], "nextLink": format!("{origin}{path}?{encoded}")}))
         }
     }
+}
+
+/// Junk throttling headers (see [`HostileResponse::RateLimitHeaders`]), in turn.
+fn hostile_rate_limit_headers(mut response: Response, header: &'static str) -> Response {
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let turn = TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if turn % 2 == 1 {
+        response = failure(&ArmFailure::new(429, "TooManyRequests", "throttled (hostile Retry-After)"));
+        response.headers_mut().insert("retry-after", HeaderValue::from_static("18446744073709551615"));
+    }
+    let junk = ["-inf", "-1e300", "NaN", "1e300"][turn / 2 % 4];
+    response.headers_mut().insert(header, HeaderValue::from_static(junk));
+    response
 }
 
 // ----- admin API -----
