@@ -105,6 +105,47 @@ fn sandbox_serves_kubectl_and_stops_on_signals() {
     let (ok, out) = kubectl(&kubeconfig, &["explain", "dbgrant.spec.identity.workspace"], None);
     assert!(ok && out.contains("dbmanagedidentity"), "{out}");
 
+    // Built-in kinds as kubectl 1.32+ creates them (protobuf request bodies), then read back the
+    // ways users read them.
+    for args in [
+        &["create", "namespace", "scratch"][..],
+        &["create", "secret", "generic", "sp", "-n", "scratch", "--from-literal=clientSecret=s3cret"],
+        &["create", "configmap", "settings", "-n", "scratch", "--from-literal=mode=fast"],
+    ] {
+        let (ok, out) = kubectl(&kubeconfig, args, None);
+        assert!(ok && out.contains("created"), "kubectl {args:?}: {out}");
+    }
+    let (ok, out) = kubectl(&kubeconfig, &["get", "secret", "sp", "-n", "scratch", "-o", "yaml"], None);
+    assert!(ok && out.contains("clientSecret: czNjcmV0") && out.contains("type: Opaque"), "{out}");
+    let (ok, out) =
+        kubectl(&kubeconfig, &["get", "configmap", "settings", "-n", "scratch", "-o", "jsonpath={.data.mode}"], None);
+    assert!(ok && out.trim() == "fast", "{out}");
+    // describe lists the Events about an object, including events.k8s.io ones (what the
+    // operator writes), through core v1 and field selectors.
+    let uid_query =
+        ["get", "dbgrant", "analytics-prod-keyvault", "-n", "team-analytics", "-o", "jsonpath={.metadata.uid}"];
+    let (ok, uid) = kubectl(&kubeconfig, &uid_query, None);
+    assert!(ok && !uid.trim().is_empty(), "{uid}");
+    let event = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1", "namespace": "team-analytics"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "dbx-identity-operator", "reportingInstance": "x",
+        "action": "Reconcile", "reason": "Created", "type": "Normal", "note": "created the assignment",
+        "regarding": {"apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant", "namespace": "team-analytics", "name": "analytics-prod-keyvault", "uid": uid.trim()}});
+    let (ok, out) = kubectl(&kubeconfig, &["create", "-f", "-"], Some(&event.to_string()));
+    assert!(ok, "{out}");
+    let (ok, out) =
+        kubectl(&kubeconfig, &["describe", "dbgrant", "-n", "team-analytics", "analytics-prod-keyvault"], None);
+    assert!(ok && out.contains("created the assignment"), "describe shows no Events: {out}");
+    let (ok, out) = kubectl(&kubeconfig, &["describe", "configmap", "settings", "-n", "scratch"], None);
+    assert!(ok && out.contains("mode"), "{out}");
+    let crd = "crd/databricksidentitygrants.identity.dbx-operator.io";
+    let (ok, out) = kubectl(&kubeconfig, &["wait", "--for=condition=Established", crd, "--timeout=10s"], None);
+    assert!(ok && out.contains("condition met"), "{out}");
+    let (ok, out) = kubectl(&kubeconfig, &["delete", "configmap", "settings", "-n", "scratch", "--wait"], None);
+    assert!(ok && out.contains("deleted"), "{out}");
+    let (ok, out) =
+        kubectl(&kubeconfig, &["wait", "--for=delete", "configmap/settings", "-n", "scratch", "--timeout=10s"], None);
+    assert!(ok, "{out}");
+
     // Admission refuses a bad manifest with the rule's message.
     let (ok, out) = kubectl(&kubeconfig, &["apply", "-f", "tests/fixtures/invalid/scope-trailing-slash.yaml"], None);
     assert!(!ok && out.contains("scope must not end with '/'"), "{out}");

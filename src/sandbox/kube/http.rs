@@ -239,6 +239,10 @@ async fn handle(State(emulator): State<Shared>, method: Method, uri: Uri, header
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, StatusError> {
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if content_type.starts_with(super::protobuf::CONTENT_TYPE) {
+        return super::protobuf::decode_object(body)
+            .map_err(|e| StatusError::new(415, "UnsupportedMediaType", e.to_string()));
+    }
     let parsed = if content_type.contains("yaml") {
         serde_yaml_ng::from_slice::<Value>(body).map_err(|e| e.to_string())
     } else {
@@ -256,11 +260,16 @@ fn list(emulator: &KubeEmulator, target: &Target, query: &HashMap<String, String
     };
     let store = emulator.store();
     let rv = store.resource_version();
-    let all: Vec<Value> = store
-        .list(&target.ty, target.namespace.as_deref())
-        .into_iter()
-        .filter(|o| labels.matches_object(o) && fields.matches_object(o))
-        .collect();
+    let mut listed = store.list(&target.ty, target.namespace.as_deref());
+    // The API server serves one set of Events under both groups; what the operator writes
+    // through events.k8s.io is what `kubectl describe` reads through core v1.
+    if target.ty.group.is_empty()
+        && target.ty.plural == "events"
+        && let Some(modern) = store.find_type("events.k8s.io", "v1", "events")
+    {
+        listed.extend(store.list(&modern, target.namespace.as_deref()).iter().map(core_event));
+    }
+    let all: Vec<Value> = listed.into_iter().filter(|o| labels.matches_object(o) && fields.matches_object(o)).collect();
     drop(store);
     // `continue` is the offset into this consistent ordering (namespace, name).
     let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -279,6 +288,34 @@ fn list(emulator: &KubeEmulator, target: &Target, query: &HashMap<String, String
         200,
         &json!({"apiVersion": target.ty.api_version(), "kind": format!("{}List", target.ty.kind), "metadata": metadata, "items": items}),
     )
+}
+
+/// An events.k8s.io/v1 Event in its core/v1 shape (the API server's conversion, in short).
+fn core_event(event: &Value) -> Value {
+    let first = event.get("deprecatedFirstTimestamp").or_else(|| event.get("eventTime")).cloned();
+    let last = event
+        .pointer("/series/lastObservedTime")
+        .or_else(|| event.get("deprecatedLastTimestamp"))
+        .cloned()
+        .or_else(|| first.clone());
+    let count = event.pointer("/series/count").or_else(|| event.get("deprecatedCount")).cloned().unwrap_or(json!(1));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": event["metadata"],
+        "involvedObject": event["regarding"],
+        "reason": event["reason"],
+        "message": event["note"],
+        "type": event["type"],
+        "action": event["action"],
+        "source": {"component": event["reportingController"]},
+        "reportingComponent": event["reportingController"],
+        "reportingInstance": event["reportingInstance"],
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+        "eventTime": event["eventTime"],
+        "count": count,
+    })
 }
 
 fn selectors(query: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), StatusError> {

@@ -10,6 +10,7 @@
 //! Where it differs from the API server is listed in `docs/sandbox.md`.
 
 mod http;
+mod protobuf;
 pub mod schema;
 pub mod selectors;
 pub mod store;

@@ -96,7 +96,25 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector over `metadata.name` and `metadata.namespace`.
+/// Field labels the emulator filters on: `metadata.name` and `metadata.namespace` for every type,
+/// and the ones the API server adds for core Events (what `kubectl describe` selects by). The
+/// API server allows each only on its type; here they are allowed everywhere.
+const FIELD_LABELS: [&str; 12] = [
+    "metadata.name",
+    "metadata.namespace",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "type",
+    "reportingComponent",
+];
+
+/// A parsed field selector over [`FIELD_LABELS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -114,7 +132,7 @@ impl FieldSelector {
                 return Err(format!("invalid field selector: '{part}'"));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
+            if !FIELD_LABELS.contains(&field) {
                 return Err(format!("field label not supported: {field}"));
             }
             terms.push((field.to_owned(), equal, value.trim().to_owned()));
@@ -124,8 +142,8 @@ impl FieldSelector {
 
     pub fn matches_object(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let pointer = if field == "metadata.name" { "/metadata/name" } else { "/metadata/namespace" };
-            let actual = object.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+            let pointer = format!("/{}", field.replace('.', "/"));
+            let actual = object.pointer(&pointer).and_then(Value::as_str).unwrap_or_default();
             (actual == value) == *equal
         })
     }
@@ -162,5 +180,9 @@ mod tests {
         assert!(FieldSelector::parse("metadata.name=x").expect("ok").matches_object(&obj));
         assert!(!FieldSelector::parse("metadata.namespace!=ns").expect("ok").matches_object(&obj));
         assert!(FieldSelector::parse("spec.foo=1").is_err());
+        let event = json!({"involvedObject": {"uid": "u", "kind": "ConfigMap"}});
+        let describe = FieldSelector::parse("involvedObject.uid=u,involvedObject.kind=ConfigMap").expect("ok");
+        assert!(describe.matches_object(&event));
+        assert!(!FieldSelector::parse("involvedObject.uid=v").expect("ok").matches_object(&event));
     }
 }

@@ -404,6 +404,18 @@ impl Store {
         if ty.is_namespace() {
             object["status"] = json!({"phase": "Active"});
         }
+        if ty.is_crd() {
+            // Served at once, as the API server reports once it serves the kind (`kubectl wait
+            // --for=condition=Established`).
+            let now = now();
+            let condition = |type_: &str, reason: &str| json!({"type": type_, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
+            object["status"] = json!({
+                "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")],
+                "acceptedNames": object.pointer("/spec/names").cloned().unwrap_or_else(|| json!({})),
+                "storedVersions": object.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten()
+                    .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>(),
+            });
+        }
         self.bucket(ty).insert((namespace.to_owned(), name), object.clone());
         self.publish(ty, namespace, EventKind::Added, &object);
         Ok(object)
