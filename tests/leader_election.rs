@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dbx_identity_operator::controller::{LeaderElection, run_with_leader_election};
+use dbx_identity_operator::controller::{ElectionError, LeaderElection, lead_with, run_with_leader_election};
 use dbx_identity_operator::sandbox::arm::StateConfig;
 use dbx_identity_operator::telemetry::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -74,5 +74,36 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     assert!(reconciles(&b_metrics) >= 1.0);
     let _ = stop_b.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), replica_b).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_leader_whose_controllers_stop_releases_the_lease_and_fails() {
+    let _scenario =
+        common::scenario("Faults: process", "leader election: controllers stop while leading (no zombie leader)");
+    let h = harness(StateConfig::default()).await;
+    let _ = h.stop_controller().await;
+    let metrics = Metrics::new();
+    let ctx = replica_context(&h.sandbox, metrics.clone());
+    let election = LeaderElection {
+        lease_name: "zombie".into(),
+        lease_namespace: "default".into(),
+        identity: "replica-z".into(),
+        lease_duration: Duration::from_secs(3),
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    // The work ends the way a panicking reconcile ends the controller task.
+    let work = |_ctx, _stop| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        panic!("a reconcile panicked (test)");
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(15), lead_with(ctx, election, stopped, work))
+        .await
+        .expect("the replica kept leading after its controllers stopped (zombie leader)");
+    assert!(matches!(&outcome, Err(ElectionError::ControllersStopped(why)) if why.contains("panicked")), "{outcome:?}");
+    assert!(!leader(&metrics), "still reports leading");
+    let lease: Api<Lease> = Api::namespaced(h.sandbox.kube.emulator.client().expect("client"), "default");
+    let holder = lease.get("zombie").await.expect("lease").spec.and_then(|s| s.holder_identity);
+    assert!(holder.as_deref().is_none_or(str::is_empty), "the lease is still held by {holder:?}");
     h.stop().await;
 }

@@ -550,6 +550,10 @@ pub enum ElectionError {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("lost leadership: stopping so that another replica takes over cleanly")]
     LostLeadership,
+    #[error(
+        "the controllers stopped while this replica led ({0}); the lease is released and the process exits so that another replica takes over"
+    )]
+    ControllersStopped(String),
 }
 
 /// Waits as a standby until this replica leads, runs the controllers while it does, and on
@@ -559,8 +563,26 @@ pub enum ElectionError {
 pub async fn run_with_leader_election(
     ctx: Arc<Context>,
     election: LeaderElection,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ElectionError> {
+    lead_with(ctx, election, shutdown, run).await
+}
+
+/// [`run_with_leader_election`] with the work to do while leading passed in (tests pass work
+/// that fails). If the work ends while this replica leads and no shutdown was asked for — a
+/// panicking reconcile ends the controller task — the replica must not keep renewing a Lease it
+/// does nothing with (a zombie leader): it releases the Lease and returns
+/// [`ElectionError::ControllersStopped`], so the process exits non-zero and a standby takes over.
+pub async fn lead_with<F, Fut>(
+    ctx: Arc<Context>,
+    election: LeaderElection,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    work: F,
+) -> Result<(), ElectionError>
+where
+    F: FnOnce(Arc<Context>, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     spawn_readiness(&ctx);
     let seconds = u64::max(election.lease_duration.as_secs(), 2);
     // An API server that cannot be reached yet is waited for (the replica stays unready), not a
@@ -600,17 +622,31 @@ pub async fn run_with_leader_election(
     }
     info!(identity = %election.identity, "leading");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let controllers = tokio::spawn(run(ctx.clone(), stopped));
+    let mut controllers = tokio::spawn(work(ctx.clone(), stopped));
+    let mut stopped_early: Option<String> = None;
     let lost = loop {
         tokio::select! {
             changed = leading.changed() => {
                 if changed.is_err() || !*leading.borrow_and_update() { break true; }
             }
             _ = shutdown.changed() => break false,
+            ended = &mut controllers => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => "a reconcile panicked".to_owned(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "they returned".to_owned(),
+                };
+                tracing::error!(%why, "the controllers stopped while leading; releasing the lease");
+                stopped_early = Some(why);
+                break false;
+            }
         }
     };
     let _ = stop.send(true);
-    let _ = controllers.await;
+    if stopped_early.is_none() {
+        let _ = controllers.await;
+    }
+    ctx.metrics.leader.set(0);
     drop(leading);
     // Closing the channel ends the lease task; releasing lets a standby lead at once.
     if let Ok(Ok(manager)) = lease_task.await
@@ -618,5 +654,9 @@ pub async fn run_with_leader_election(
     {
         warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
     }
-    if lost { Err(ElectionError::LostLeadership) } else { Ok(()) }
+    match (stopped_early, lost) {
+        (Some(why), _) => Err(ElectionError::ControllersStopped(why)),
+        (None, true) => Err(ElectionError::LostLeadership),
+        (None, false) => Ok(()),
+    }
 }
