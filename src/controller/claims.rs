@@ -188,6 +188,25 @@ mod tests {
         .expect("test grant")
     }
 
+    #[test]
+    fn a_claim_takes_the_condition_of_its_own_spec_entry_whatever_the_order() {
+        let mut g = grant("ns", "a", "uid-a", "p1");
+        let other_scope = SCOPE.replace("/kv", "/kv2");
+        // The spec reordered (a new entry first) before the status caught up: status entry 0
+        // still describes the Key Vault Secrets User entry, now spec entry 1.
+        g.spec.role_assignments = serde_json::from_value(json!([
+            {"role": "Reader", "scope": other_scope, "condition": "@Resource[x] StringEquals 'other'", "conditionVersion": "2.0"},
+            {"role": "Key Vault Secrets User", "scope": SCOPE, "condition": "@Resource[x] StringEquals 'mine'", "conditionVersion": "2.0"},
+        ]))
+        .expect("entries");
+        let claims = claims_of(&g);
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].condition.as_deref(), Some("@Resource[x] StringEquals 'mine'"));
+        // An entry the spec no longer has is not claimed (the next reconcile releases it).
+        g.spec.role_assignments.remove(1);
+        assert!(claims_of(&g).is_empty());
+    }
+
     fn names(g: &DatabricksIdentityGrant) -> HashSet<String> {
         claims_of(g).into_iter().map(|c| c.name).collect()
     }

@@ -336,7 +336,7 @@ pub(crate) fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
     let Some(principal) = &status.principal else { return Vec::new() };
     let created = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
     let mut claims = Vec::new();
-    for (i, ra) in status.role_assignments.iter().enumerate() {
+    for ra in &status.role_assignments {
         // A grant that lost a condition conflict still wants the tuple (and takes it over when
         // the older grant goes), so its claim counts too.
         let lost_conflict = ra.reason.as_deref() == Some("ConflictingGrant");
@@ -349,9 +349,20 @@ pub(crate) fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
         let Some(guid) = ResourceId::parse(role_id).ok().and_then(|r| crate::azure::guid::parse_guid(r.name())) else {
             continue;
         };
+        // The spec entry this status entry describes, by (role, scope) — not by position: a
+        // reordered spec would otherwise lend another entry's condition (a spurious conflict).
+        // None: the spec no longer asks for it, and the next reconcile releases it.
+        let Some(spec) = grant
+            .spec
+            .role_assignments
+            .iter()
+            .find(|s| s.role.eq_ignore_ascii_case(&ra.role) && s.scope.eq_ignore_ascii_case(&ra.scope))
+        else {
+            continue;
+        };
         claims.push(Claim {
             name: assignment_name(&principal.principal_id, guid, &scope).to_ascii_lowercase(),
-            condition: grant.spec.role_assignments.get(i).and_then(|s| s.condition.clone()),
+            condition: spec.condition.clone(),
             grant: key(grant),
             created: created.clone(),
         });

@@ -392,17 +392,22 @@ type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
 /// How long our own PUT is assumed to be on its way into list results.
 const OWN_WRITE_GRACE: Duration = Duration::from_secs(60);
 
-/// What a list compares by: everything a grant's plan looks at (every entry has the list's scope).
+/// What a list compares by: everything a grant's plan looks at (every entry has the list's scope),
+/// so an out-of-band edit of any of it wakes the grants at the next refresh.
 fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
     list.iter()
         .map(|a| {
             let p = &a.properties;
+            // Debug-quoted free text: a `|` inside a condition or description cannot make two
+            // different assignments print alike.
             format!(
-                "{}|{}|{}|{}",
+                "{}|{}|{}|{:?}|{:?}|{:?}",
                 a.name.to_ascii_lowercase(),
                 p.role_definition_id.to_ascii_lowercase(),
                 p.principal_id.to_ascii_lowercase(),
-                p.condition.as_deref().unwrap_or_default()
+                p.condition,
+                p.condition_version,
+                p.description
             )
         })
         .collect()
@@ -630,6 +635,23 @@ impl ScopeAssignments {
 mod scope_cache_tests {
     use super::*;
     use crate::azure::models::RoleAssignmentProperties;
+
+    #[test]
+    fn the_fingerprint_sees_every_field_the_plan_compares() {
+        let base = assignment("a");
+        let edits: [(&str, fn(&mut RoleAssignmentProperties)); 4] = [
+            ("description", |p| p.description = Some("edited in the portal".into())),
+            ("conditionVersion", |p| p.condition_version = Some("1.0".into())),
+            ("condition", |p| p.condition = Some("@Resource[x] StringEquals 'y'".into())),
+            ("principal", |p| p.principal_id = "q".into()),
+        ];
+        for (what, edit) in edits {
+            let mut edited = base.clone();
+            edit(&mut edited.properties);
+            assert_ne!(fingerprint(&[base.clone()]), fingerprint(&[edited]), "an edit of {what} goes unseen");
+        }
+        assert_eq!(fingerprint(&[base.clone()]), fingerprint(&[base]));
+    }
 
     fn assignment(name: &str) -> RoleAssignment {
         RoleAssignment {
