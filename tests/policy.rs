@@ -162,3 +162,66 @@ async fn policies_deny_allow_partially_tighten_and_loosen() {
     }
     h.stop().await;
 }
+
+/// The policy is asked before Azure is: an identity or scope no governing policy allows costs no
+/// ARM request and is denied with the same reason whether or not it exists.
+#[tokio::test]
+async fn denied_identities_and_scopes_are_judged_without_asking_azure() {
+    let h = harness_with(StateConfig::default(), Vec::new(), PolicyMode::Require).await;
+    let client = h.sandbox.kube.emulator.client().expect("client");
+    let uc = h.sandbox.estate.access_connectors[0].id.clone();
+    let only_uc: GrantPolicy = serde_json::from_value(json!({
+        "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": "uc-only"},
+        "spec": {"namespaceSelector": {"matchLabels": {"dbx-operator.io/team": "analytics"}},
+                 "identities": [uc], "roles": ["*"], "scopes": [lake_scope()]},
+    }))
+    .expect("policy");
+    Api::<GrantPolicy>::all(client.clone()).create(&PostParams::default(), &only_uc).await.expect("policy");
+    Api::<Namespace>::all(client)
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
+        )
+        .await
+        .expect("label");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.sandbox.arm.emulator.reset_stats();
+
+    let ghost_workspace = format!(
+        "/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-ghost/providers/Microsoft.Databricks/workspaces/ghost"
+    );
+    let vault = h.sandbox.estate.scopes.key_vault.clone();
+    let ghost_vault =
+        format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-ghost/providers/Microsoft.KeyVault/vaults/ghost");
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    // (grant, identity, scope, expected reason)
+    let cases = [
+        (
+            "identity-exists",
+            json!({"workspace": {"resourceId": h.sandbox.estate.workspaces[0].id}}),
+            lake.clone(),
+            "IdentityNotAllowed",
+        ),
+        ("identity-missing", json!({"workspace": {"resourceId": ghost_workspace}}), lake.clone(), "IdentityNotAllowed"),
+        ("scope-exists", json!({"accessConnector": {"resourceId": uc}}), vault, "ScopeNotAllowed"),
+        ("scope-missing", json!({"accessConnector": {"resourceId": uc}}), ghost_vault, "ScopeNotAllowed"),
+    ];
+    for (name, identity, scope, _) in &cases {
+        h.apply(&grant(name, identity.clone(), json!([{"role": "Reader", "scope": scope}]))).await;
+    }
+    for (name, _, _, reason) in &cases {
+        let g = h
+            .wait_for(name, "denied", |g| {
+                g.status
+                    .as_ref()
+                    .is_some_and(|s| s.role_assignments.first().is_some_and(|r| r.state == AssignmentState::Denied))
+            })
+            .await;
+        let entry = &g.status.expect("status").role_assignments[0];
+        assert_eq!(entry.reason.as_deref(), Some(*reason), "{name}: {entry:?}");
+    }
+    let requests: u64 = h.sandbox.arm.emulator.stats().values().sum();
+    assert_eq!(requests, 0, "denied requests reached Azure: {:?}", h.sandbox.arm.emulator.stats());
+    h.stop().await;
+}

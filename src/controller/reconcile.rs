@@ -125,20 +125,15 @@ impl PolicyVerdicts {
     }
 }
 
-/// Judges every desired assignment against the GrantPolicies governing the grant's namespace.
-fn policy_gate(
+/// The GrantPolicies governing the grant's namespace, validated (an invalid one allows nothing;
+/// its status says why).
+fn governing_policies(
     grant: &DatabricksIdentityGrant,
     ctx: &Context,
-    validated: &ValidatedGrant,
-    principal: &Principal,
-    desired: &mut Vec<DesiredAssignment>,
-    roles: &[Option<std::sync::Arc<super::resolve::ResolvedRole>>],
-) -> PolicyVerdicts {
-    use crate::policy::evaluate::{Governing, Request, RoleFacts, Verdict, evaluate, selects};
+) -> Vec<(String, crate::api::validation::ValidatedPolicy)> {
+    use crate::policy::evaluate::selects;
     let labels = ctx.namespace_labels(&grant.namespace().unwrap_or_default());
-    // An invalid policy allows nothing (its status says why).
-    let policies: Vec<(String, crate::api::validation::ValidatedPolicy)> = ctx
-        .policies()
+    ctx.policies()
         .iter()
         .filter_map(|p| {
             if super::lenient::unreadable(p.as_ref()).is_some() {
@@ -147,25 +142,42 @@ fn policy_gate(
             let valid = crate::api::validation::validate_policy_spec(&p.spec).ok()?;
             selects(&valid.namespace_selector, &labels).then(|| (p.name_any(), valid))
         })
-        .collect();
-    let governing: Vec<Governing<'_>> = policies.iter().map(|(name, policy)| Governing { name, policy }).collect();
-    let identity = validated
-        .identity
-        .policy_resource_id()
-        .map_or_else(|| format!("/principals/{}", principal.principal_id), ToString::to_string);
+        .collect()
+}
+
+/// What policies match identities against: the identity's ARM id, or `/principals/<id>`.
+fn policy_identity(identity: &crate::api::validation::ValidatedIdentity) -> String {
+    match identity {
+        crate::api::validation::ValidatedIdentity::Principal { principal_id, .. } => {
+            format!("/principals/{principal_id}")
+        }
+        other => other.policy_resource_id().map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+/// Judges every desired assignment (role resolved) against the governing GrantPolicies.
+fn policy_gate(
+    ctx: &Context,
+    validated: &ValidatedGrant,
+    governing: &[crate::policy::evaluate::Governing<'_>],
+    identity: &str,
+    desired: &mut Vec<DesiredAssignment>,
+    roles: &[Option<std::sync::Arc<super::resolve::ResolvedRole>>],
+) -> PolicyVerdicts {
+    use crate::policy::evaluate::{Request, RoleFacts, Verdict, evaluate};
     let workspace_managed_identity =
         matches!(validated.identity, crate::api::validation::ValidatedIdentity::WorkspaceManagedIdentity { .. });
     let mut verdicts = PolicyVerdicts { denials: Vec::new(), warnings: Vec::new(), allowed_by: BTreeSet::new() };
     desired.retain(|d| {
         let Some(role) = roles.get(d.index).and_then(Option::as_ref) else { return false };
         let request = Request {
-            identity: identity.clone(),
+            identity: identity.to_owned(),
             workspace_managed_identity,
             role: RoleFacts { guid: role.guid, name: &role.role_name, permissions: &role.permissions },
             scope: &d.scope,
             position: d.index,
         };
-        match evaluate(&governing, ctx.settings.policy_mode, &request) {
+        match evaluate(governing, ctx.settings.policy_mode, &request) {
             Verdict::Allowed { by, warning } => {
                 verdicts.allowed_by.insert(by);
                 verdicts.warnings.extend(warning);
@@ -405,33 +417,71 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         }
     };
 
-    // 3. Identity → principal.
-    let principal: Principal = match ctx.resolver.principal(&arm, &validated.identity).await {
-        Ok(p) => p,
-        Err(e) => {
-            decided.push(Decided::new(conditions::IDENTITY_RESOLVED, false, e.reason, e.message.clone()));
-            status.role_assignments = (0..grant.spec.role_assignments.len())
-                .map(|i| {
-                    entry(grant, i, AssignmentState::Pending, e.reason, "waiting for the identity to resolve".into())
-                })
-                .collect();
-            finish_not_ready(grant, ctx, status, decided, &previous, e.reason, e.message.clone()).await?;
-            let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
-            return Ok(ctx.action(&key(grant), retry));
+    // 2. Policy pre-gate, before anything is read from Azure: identity and scope patterns on the
+    // parsed ids. What no policy could allow costs no ARM call, and is denied the same way
+    // whether or not the identity or scope exists (no existence oracle over what the operator's
+    // identity can read). Roles are judged once resolved (step 5b).
+    let policies = governing_policies(grant, ctx);
+    let governing: Vec<crate::policy::evaluate::Governing<'_>> =
+        policies.iter().map(|(name, policy)| crate::policy::evaluate::Governing { name, policy }).collect();
+    let identity_id = policy_identity(&validated.identity);
+    let prejudged: Vec<Option<(crate::policy::evaluate::DenialReason, String)>> = validated
+        .role_assignments
+        .iter()
+        .map(|ra| crate::policy::evaluate::prejudge(&governing, ctx.settings.policy_mode, &identity_id, &ra.scope))
+        .collect();
+    let nothing_allowed = prejudged.iter().all(Option::is_some);
+
+    // 3. Identity → principal (not even looked up when the pre-gate allows nothing).
+    let principal: Option<Principal> = if nothing_allowed {
+        None
+    } else {
+        match ctx.resolver.principal(&arm, &validated.identity).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                decided.push(Decided::new(conditions::IDENTITY_RESOLVED, false, e.reason, e.message.clone()));
+                status.role_assignments = (0..grant.spec.role_assignments.len())
+                    .map(|i| {
+                        entry(
+                            grant,
+                            i,
+                            AssignmentState::Pending,
+                            e.reason,
+                            "waiting for the identity to resolve".into(),
+                        )
+                    })
+                    .collect();
+                finish_not_ready(grant, ctx, status, decided, &previous, e.reason, e.message.clone()).await?;
+                let retry = if e.retryable { RetryClass::Soon(e.retry_after) } else { RetryClass::Slowly };
+                return Ok(ctx.action(&key(grant), retry));
+            }
         }
     };
-    decided.push(Decided::new(
-        conditions::IDENTITY_RESOLVED,
-        true,
-        "Resolved",
-        format!("principal {}", principal.principal_id),
-    ));
-    status.principal = Some(PrincipalStatus {
-        principal_id: principal.principal_id.clone(),
-        principal_type: principal.principal_type,
-        tenant_id: principal.tenant_id.clone(),
-        identity_resource_id: principal.identity_resource_id.clone(),
-    });
+    match &principal {
+        Some(principal) => {
+            decided.push(Decided::new(
+                conditions::IDENTITY_RESOLVED,
+                true,
+                "Resolved",
+                format!("principal {}", principal.principal_id),
+            ));
+            status.principal = Some(PrincipalStatus {
+                principal_id: principal.principal_id.clone(),
+                principal_type: principal.principal_type,
+                tenant_id: principal.tenant_id.clone(),
+                identity_resource_id: principal.identity_resource_id.clone(),
+            });
+        }
+        None => {
+            decided.push(Decided::new(
+                conditions::IDENTITY_RESOLVED,
+                false,
+                "NotResolved",
+                "not looked up: no GrantPolicy allows any entry of this grant, so Azure was not asked",
+            ));
+            status.principal = previous.principal.clone();
+        }
+    }
 
     // 4. Roles → role definitions; 5. desired assignments.
     let mut retry = RetryClass::Resync;
@@ -441,6 +491,8 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         vec![None; validated.role_assignments.len()];
     let mut role_failures = Vec::new();
     for (index, ra) in validated.role_assignments.iter().enumerate() {
+        // Denied by the pre-gate: the role is not resolved at a scope the namespace may not use.
+        let (None, Some(principal)) = (&prejudged[index], &principal) else { continue };
         match ctx.resolver.role(&arm, &ra.role, &ra.scope).await {
             Ok(role) => {
                 desired.push(DesiredAssignment {
@@ -475,7 +527,11 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
 
     // 5b. Policy gate: denied assignments leave the desired set (and, if this grant created
     // them earlier, are removed as stale).
-    let verdicts = policy_gate(grant, ctx, &validated, &principal, &mut desired, &roles);
+    let mut verdicts = policy_gate(ctx, &validated, &governing, &identity_id, &mut desired, &roles);
+    verdicts.denials.extend(
+        prejudged.into_iter().enumerate().filter_map(|(i, d)| d.map(|(reason, message)| (i, reason.as_str(), message))),
+    );
+    verdicts.denials.sort_by_key(|d| d.0);
     for (index, reason, message) in &verdicts.denials {
         entries[*index] = Some(entry(grant, *index, AssignmentState::Denied, reason, message.clone()));
         if previous.role_assignments.get(*index).is_none_or(|p| p.state != AssignmentState::Denied) {

@@ -639,7 +639,8 @@ mod scope_cache_tests {
     #[test]
     fn the_fingerprint_sees_every_field_the_plan_compares() {
         let base = assignment("a");
-        let edits: [(&str, fn(&mut RoleAssignmentProperties)); 4] = [
+        type Edit = fn(&mut RoleAssignmentProperties);
+        let edits: [(&str, Edit); 4] = [
             ("description", |p| p.description = Some("edited in the portal".into())),
             ("conditionVersion", |p| p.condition_version = Some("1.0".into())),
             ("condition", |p| p.condition = Some("@Resource[x] StringEquals 'y'".into())),
@@ -648,9 +649,13 @@ mod scope_cache_tests {
         for (what, edit) in edits {
             let mut edited = base.clone();
             edit(&mut edited.properties);
-            assert_ne!(fingerprint(&[base.clone()]), fingerprint(&[edited]), "an edit of {what} goes unseen");
+            assert_ne!(
+                fingerprint(std::slice::from_ref(&base)),
+                fingerprint(&[edited]),
+                "an edit of {what} goes unseen"
+            );
         }
-        assert_eq!(fingerprint(&[base.clone()]), fingerprint(&[base]));
+        assert_eq!(fingerprint(std::slice::from_ref(&base)), fingerprint(&[base]));
     }
 
     fn assignment(name: &str) -> RoleAssignment {

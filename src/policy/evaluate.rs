@@ -206,6 +206,46 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
     Verdict::Denied { reason, message }
 }
 
+/// Judges what can be judged before anything is read from Azure: whether some governing policy
+/// matches both the identity (its ARM id, or `/principals/<id>`) and the scope, compared on the
+/// parsed ids. `Some` is a denial that needs no Azure call — and reads the same whether or not
+/// the identity or scope exists, so a namespace cannot probe what the operator's identity can
+/// read. `None` means "resolve the role, then [`evaluate`] the whole assignment".
+pub fn prejudge(
+    governing: &[Governing<'_>],
+    mode: PolicyMode,
+    identity: &str,
+    scope: &ResourceId,
+) -> Option<(DenialReason, String)> {
+    if governing.is_empty() {
+        return match mode {
+            PolicyMode::Permissive => None,
+            PolicyMode::Require => Some((
+                DenialReason::NoGrantPolicy,
+                "no GrantPolicy governs this namespace, and the operator requires one".into(),
+            )),
+        };
+    }
+    let scope_text = scope.to_string();
+    let identity_ok = |p: &ValidatedPolicy| p.identities.iter().any(|glob| glob.matches(identity));
+    let scope_ok = |p: &ValidatedPolicy| p.scopes.iter().any(|glob| glob.matches(&scope_text));
+    if governing.iter().any(|g| identity_ok(g.policy) && scope_ok(g.policy)) {
+        return None;
+    }
+    let names = governing.iter().map(|g| g.name).collect::<Vec<_>>().join(", ");
+    Some(if governing.iter().any(|g| identity_ok(g.policy)) {
+        (
+            DenialReason::ScopeNotAllowed,
+            format!("scope {scope_text} matches none of the scopes of GrantPolicy {names} that allow this identity"),
+        )
+    } else {
+        (
+            DenialReason::IdentityNotAllowed,
+            format!("identity {identity} matches none of the identities of GrantPolicy {names}"),
+        )
+    })
+}
+
 /// Whether a label selector selects a namespace with these labels (`{}` selects all).
 pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
@@ -543,6 +583,30 @@ mod tests {
         ] {
             assert!(ResourceId::parse(&scope).is_err(), "{scope}");
         }
+    }
+
+    #[test]
+    fn the_prejudgement_needs_identity_and_scope_from_one_policy() {
+        let a = policy(
+            json!({"identities": [format!("{}/**", "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics")], "scopes": [lake("**")]}),
+        );
+        let governing = [Governing { name: "a", policy: &a }];
+        let scope = |s: &str| ResourceId::parse(s).expect("scope");
+        let inside = scope(&lake("providers/Microsoft.Storage/storageAccounts/st"));
+        let outside = scope("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-secret");
+        assert_eq!(prejudge(&governing, PolicyMode::Require, &ws(), &inside), None);
+        assert_eq!(
+            prejudge(&governing, PolicyMode::Require, &ws(), &outside).map(|d| d.0),
+            Some(DenialReason::ScopeNotAllowed)
+        );
+        assert_eq!(
+            prejudge(&governing, PolicyMode::Require, "/principals/00000000-0000-0000-0000-000000000001", &inside)
+                .map(|d| d.0),
+            Some(DenialReason::IdentityNotAllowed)
+        );
+        assert_eq!(prejudge(&[], PolicyMode::Require, &ws(), &inside).map(|d| d.0), Some(DenialReason::NoGrantPolicy));
+        assert_eq!(prejudge(&[], PolicyMode::Permissive, &ws(), &inside), None);
+        // Whatever passes here is still judged whole by `evaluate` once the role is resolved.
     }
 
     #[test]
