@@ -38,7 +38,7 @@ pub enum Command {
         keep: bool,
     },
     /// Run the operator: reconcile DatabricksIdentityGrants against Azure until SIGTERM/Ctrl-C.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the Kubernetes and Azure emulators with a seeded estate until Ctrl-C.
     Sandbox {
         /// Where to write `kubeconfig`, `azure.env` and `estate.json`.
@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// How often each grant is compared with Azure (e.g. 30s, 10m, 1h).
     #[arg(long, env = "DBX_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: std::time::Duration,
+    /// How often every scope in use is listed to find assignments changed or removed in Azure
+    /// (default: the resync interval). One ARM read per scope per interval.
+    #[arg(long, env = "DBX_DRIFT_CHECK_INTERVAL", value_parser = parse_duration)]
+    pub drift_check_interval: Option<std::time::Duration>,
     /// Grants reconciled at once.
     #[arg(long, env = "DBX_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: u16,
@@ -170,7 +174,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Run(args) => run_operator(args).await,
+        Command::Run(args) => run_operator(*args).await,
         Command::Demo { keep } => Ok(crate::demo::run(keep).await?),
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
             let signals = ShutdownSignals::install()?;
@@ -223,6 +227,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
         arm,
         ControllerSettings {
             resync_interval: args.resync_interval,
+            drift_check_interval: args.drift_check_interval,
             max_concurrent_reconciles: args.max_concurrent_reconciles,
             max_arm_requests_per_subscription: args.max_arm_requests_per_subscription,
             namespaces: args.namespaces,

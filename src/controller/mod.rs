@@ -45,6 +45,10 @@ use resolve::{Resolver, ScopeAssignments};
 pub struct ControllerSettings {
     /// How often every grant is compared with Azure (jittered ±10%).
     pub resync_interval: Duration,
+    /// How often the scope refresher lists every scope in use and wakes the grants at a scope
+    /// whose assignments changed in Azure (drift); `None` is the resync interval. Shorter heals
+    /// out-of-band removals sooner at one ARM read per scope per interval.
+    pub drift_check_interval: Option<Duration>,
     /// Retry interval after errors that need a person (missing role, no permission).
     pub slow_retry: Duration,
     pub max_concurrent_reconciles: u16,
@@ -64,6 +68,7 @@ impl Default for ControllerSettings {
     fn default() -> Self {
         ControllerSettings {
             resync_interval: Duration::from_secs(600),
+            drift_check_interval: None,
             slow_retry: Duration::from_secs(300),
             max_concurrent_reconciles: 16,
             max_arm_requests_per_subscription: 8,
@@ -314,8 +319,9 @@ fn spawn_gauges(ctx: Arc<Context>) {
 fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         // Due one tick early, so each scope is listed once per resync interval, never twice.
-        let tick = (ctx.settings.resync_interval / 50).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let period = ctx.settings.resync_interval.saturating_sub(tick);
+        let interval = ctx.settings.drift_check_interval.unwrap_or(ctx.settings.resync_interval);
+        let tick = (interval / 50).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period = interval.saturating_sub(tick);
         let stopped = shutdown_signal(shutdown).shared();
         loop {
             tokio::select! {

@@ -370,13 +370,15 @@ async fn policy_triggers(server: Server) {
     holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
 }
 
-/// An assignment deleted out of band is re-created and counted (`driftCorrections`).
+/// An assignment deleted out of band is re-created within seconds and counted
+/// (`driftCorrections`): the scope refresher (`--drift-check-interval 2s`) wakes the grant, not
+/// the resync (1 h).
 async fn drift_healed(server: Server) {
     let env = Env::new(server, "drift_healed").await;
     let estate = env.sandbox.estate.clone();
     let ns = team_namespace(&env).await;
     policy(&env, &env.id, &["Reader"], &[]).await;
-    let _operator = env.operator("replica-0", &[&ns], &["--resync-interval", "3s"]);
+    let _operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h", "--drift-check-interval", "2s"]);
     let api = env.grants(&ns);
     let (ws, rg) = (&estate.workspaces[0], &estate.scopes.resource_group);
     let spec =
@@ -391,7 +393,7 @@ async fn drift_healed(server: Server) {
         .map(|a| a.0)
         .expect("the grant's assignment");
     assert!(env.sandbox.arm.emulator.state().delete_out_of_band(&name));
-    holds_within(&env, principal, "Reader", rg, true, Duration::from_secs(20)).await;
+    holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
     wait_until("driftCorrections counted", SECONDS, || async {
         let g = api.get("g").await.map_err(|e| e.to_string())?;
         if g.status.as_ref().is_some_and(|s| s.drift_corrections >= 1) { Ok(()) } else { Err(describe(&g)) }
