@@ -491,3 +491,50 @@ async fn a_reconcile_from_a_stale_copy_does_not_overwrite_a_newer_status() {
     h.assert_invariant(&[]).await;
     h.stop().await;
 }
+
+/// A grant's own credential is an isolation boundary: what the operator's identity resolved and
+/// listed is never handed to a credential that may not read it.
+#[tokio::test]
+async fn a_grant_credential_sees_only_what_it_may_read() {
+    let _scenario = common::scenario("Security", "per-grant credentials: caches never cross credentials");
+    let h = harness(StateConfig::default()).await;
+    let ws = h.workspace_identity(0);
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    // The operator's identity resolves the workspace and lists the scope (both now cached).
+    h.apply(&grant("operator-view", ws.clone(), json!([{"role": "Reader", "scope": lake}]))).await;
+    h.ready("operator-view").await;
+
+    // A service principal with no role anywhere: it may read nothing.
+    let (client_id, principal) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    h.sandbox.arm.emulator.register_app_with_secret(&client_id, "no-rights", &principal);
+    h.sandbox.arm.emulator.state().add_principal(&principal, Duration::from_secs(86_400));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(h.sandbox.kube.emulator.client().expect("client"), NS);
+    let secret = serde_json::from_value(json!({"metadata": {"name": "no-rights"},
+        "stringData": {"tenantId": h.sandbox.estate.tenant_id, "clientId": client_id, "clientSecret": "no-rights"}}))
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    let mut own = grant("own-credential", ws, json!([{"role": "Reader", "scope": lake}]));
+    own.spec.azure_credential_ref = serde_json::from_value(json!({"name": "no-rights"})).expect("ref");
+    h.apply(&own).await;
+    // Every status written on the way must come from the grant's own credential: the principal
+    // the operator's identity resolved (cached for the harness's 2 s TTL) never appears.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let g = h.grants.get("own-credential").await.expect("get");
+        if let Some(status) = &g.status {
+            assert!(
+                status.principal.is_none(),
+                "the operator's answer leaked to another credential: {:?}",
+                status.principal
+            );
+        }
+        if condition(&g, "IdentityResolved").is_some_and(|c| c.0 == "False" && c.1 == "AuthorizationFailed") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not refused in time: {:?}", g.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}

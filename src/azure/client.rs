@@ -83,7 +83,14 @@ pub fn arm_retry() -> RetryOptions {
 pub struct ArmClient {
     endpoint: Url,
     pipeline: Pipeline,
+    /// Whose answers this client gets ([`OPERATOR_CREDENTIAL`] or a grant's service principal):
+    /// caches of what Azure said are kept per credential, so one credential never sees what only
+    /// another may read.
+    credential_key: Arc<str>,
 }
+
+/// [`ArmClient::credential_key`] of the operator's own identity.
+pub const OPERATOR_CREDENTIAL: &str = "operator";
 
 impl std::fmt::Debug for ArmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +124,23 @@ impl ArmClient {
             vec![auth],
             None,
         );
-        Ok(ArmClient { endpoint, pipeline })
+        Ok(ArmClient { endpoint, pipeline, credential_key: Arc::from(OPERATOR_CREDENTIAL) })
+    }
+
+    /// The same client, labelled as authenticating with another credential than the operator's.
+    pub fn with_credential_key(mut self, key: &str) -> Self {
+        self.credential_key = Arc::from(key);
+        self
+    }
+
+    /// Whose answers this client gets (see the field); the key of per-credential caches.
+    pub fn credential_key(&self) -> &str {
+        &self.credential_key
+    }
+
+    /// Whether this is the operator's own identity (whose answers every grant may share).
+    pub fn is_operator(&self) -> bool {
+        &*self.credential_key == OPERATOR_CREDENTIAL
     }
 
     pub fn endpoint(&self) -> &Url {

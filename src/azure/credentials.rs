@@ -218,7 +218,8 @@ impl ArmClients {
             return Ok(client.clone());
         }
         let credential = client_secret(&self.settings, tenant_id, client_id, secret)?;
-        let client = ArmClient::new(&self.settings.arm_endpoint, credential, arm_options(&self.settings)?)?;
+        let client = ArmClient::new(&self.settings.arm_endpoint, credential, arm_options(&self.settings)?)?
+            .with_credential_key(&format!("sp:{}/{}", tenant_id.to_ascii_lowercase(), client_id.to_ascii_lowercase()));
         cache.insert(key, client.clone());
         Ok(client)
     }

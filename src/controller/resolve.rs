@@ -103,13 +103,17 @@ impl Resolver {
         Resolver { ttl, identities: Mutex::default(), roles: Mutex::default(), definitions: Mutex::default() }
     }
 
-    /// Forgets a cached identity (e.g. after PrincipalNotFound for a deleted identity).
+    /// Forgets a cached identity, for every credential (e.g. after PrincipalNotFound for a
+    /// deleted identity).
     pub fn forget_identity(&self, identity: &ValidatedIdentity) {
-        self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&identity_key(identity));
+        let prefix = format!("{}@", identity_key(identity));
+        self.identities.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(&prefix));
     }
 
+    /// Cached per credential (`arm`'s): a grant with its own credential never gets an answer
+    /// only the operator's identity (or another grant's) could read.
     pub async fn principal(&self, arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, IdentityError> {
-        let key = identity_key(identity);
+        let key = format!("{}@{}", identity_key(identity), arm.credential_key());
         if let Some(p) = get_fresh(&self.identities, &key, self.ttl) {
             return Ok(p);
         }
@@ -132,7 +136,8 @@ impl Resolver {
                 other.guid().unwrap_or_default(),
                 scope.subscription_id().unwrap_or("tenant").to_ascii_lowercase()
             ),
-        };
+        } + "@"
+            + arm.credential_key();
         if let Some(r) = get_fresh(&self.roles, &key, self.ttl) {
             return Ok(r);
         }
@@ -386,6 +391,15 @@ struct ScopeList {
     own_writes: HashMap<String, (Instant, RoleAssignment)>,
 }
 
+/// The assignments of an `atScope()` list made at exactly `scope` (the list also holds every
+/// assignment above it; plans compare exact scopes only).
+fn at_exactly(scope: &ResourceId, listed: Vec<RoleAssignment>) -> Vec<RoleAssignment> {
+    listed
+        .into_iter()
+        .filter(|a| a.properties.scope.as_deref().and_then(|s| ResourceId::parse(s).ok()).is_some_and(|s| s == *scope))
+        .collect()
+}
+
 /// One scope's cached list; the async lock makes concurrent grants wait for a single read.
 type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
 
@@ -486,14 +500,7 @@ impl ScopeAssignments {
         // ARM's atScope() list also holds every assignment above the scope (its resource group's,
         // the subscription's), repeated in the list of each scope below. Plans compare exact
         // scopes only, so only those are kept: at 5000 grants the repeats were megabytes.
-        let fresh: Vec<RoleAssignment> = arm
-            .list_role_assignments_at_scope(scope)
-            .await?
-            .into_iter()
-            .filter(|a| {
-                a.properties.scope.as_deref().and_then(|s| ResourceId::parse(s).ok()).is_some_and(|s| s == *scope)
-            })
-            .collect();
+        let fresh = at_exactly(scope, arm.list_role_assignments_at_scope(scope).await?);
         let mut lagging = Vec::new();
         for (name, (at, _)) in cached.iter().flat_map(|c| &c.own_writes) {
             if at.elapsed() >= OWN_WRITE_GRACE || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)) {
@@ -540,7 +547,13 @@ impl ScopeAssignments {
 
     /// Assignments at exactly `scope`; at most one ARM list per scope per TTL, even when many
     /// grants ask at once.
+    ///
+    /// Only the operator's identity shares this cache: a grant with its own credential lists the
+    /// scope with that credential each time, so it sees exactly what that credential may read.
     pub async fn list(&self, arm: &ArmClient, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
+        if !arm.is_operator() {
+            return Ok(at_exactly(scope, arm.list_role_assignments_at_scope(scope).await?));
+        }
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
         if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < self.ttl) {
