@@ -538,3 +538,42 @@ async fn a_grant_credential_sees_only_what_it_may_read() {
     h.assert_invariant(&[]).await;
     h.stop().await;
 }
+
+/// Deleting a namespace can take a grant's credential Secret before the grant: the finalizer is
+/// released (the namespace does not hang in Terminating) and the assignments stay in Azure, said
+/// in an Event and the log; the operator's own identity is never used in the Secret's place.
+#[tokio::test]
+async fn a_namespace_deleted_with_its_credential_secret_does_not_hang() {
+    let h = harness(StateConfig::default()).await;
+    let client = h.sandbox.kube.emulator.client().expect("client");
+    let (client_id, principal) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    h.sandbox.arm.emulator.register_app_with_secret(&client_id, "team-secret", &principal);
+    {
+        let mut state = h.sandbox.arm.emulator.state();
+        state.add_principal(&principal, Duration::from_secs(86_400));
+        let uaa = state.role_guid_by_name("User Access Administrator").expect("role");
+        state.assign_out_of_band(&ResourceId::subscription(SUBSCRIPTION_ID), uaa, &principal);
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let secret = serde_json::from_value(json!({"metadata": {"name": "team-sp"},
+        "stringData": {"tenantId": h.sandbox.estate.tenant_id, "clientId": client_id, "clientSecret": "team-secret"}}))
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    let mut g =
+        grant("own-credential", h.connector_identity(), json!([{"role": "Storage Blob Data Reader", "scope": lake}]));
+    g.spec.azure_credential_ref = serde_json::from_value(json!({"name": "team-sp"})).expect("ref");
+    h.apply(&g).await;
+    h.ready("own-credential").await;
+    let before = h.tuples().len();
+
+    Api::<Namespace>::all(client.clone()).delete(NS, &DeleteParams::default()).await.expect("delete namespace");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while Api::<Namespace>::all(client.clone()).get(NS).await.is_ok() {
+        let stuck = h.grants.get("own-credential").await.ok().and_then(|g| g.status);
+        assert!(tokio::time::Instant::now() < deadline, "the namespace hangs in Terminating: {stuck:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.tuples().len(), before, "the assignment stays in Azure (no credential was left to remove it)");
+    h.stop().await;
+}

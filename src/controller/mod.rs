@@ -203,6 +203,14 @@ impl Context {
             .unwrap_or_default()
     }
 
+    /// Whether a namespace is being deleted (its grants' Secrets may already be gone).
+    pub fn namespace_terminating(&self, name: &str) -> bool {
+        self.namespaces.get().and_then(|s| s.get(&ObjectRef::new(name))).is_some_and(|ns| {
+            ns.metadata.deletion_timestamp.is_some()
+                || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+        })
+    }
+
     /// Names of every namespace the operator knows.
     pub fn namespace_names(&self) -> Vec<String> {
         self.namespaces

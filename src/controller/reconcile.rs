@@ -299,17 +299,30 @@ pub fn error_policy(grant: Arc<DatabricksIdentityGrant>, error: &ReconcileError,
     Action::requeue(ctx.backoff(&key(&grant), None).min(Context::jitter(Duration::from_secs(30), 0.2)))
 }
 
+/// Why a grant's credential Secret gives no client.
+#[derive(Debug, thiserror::Error)]
+enum CredentialProblem {
+    #[error("the credential Secret {0} does not exist")]
+    SecretMissing(String),
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// The client for this grant: the operator's own, or one from its credential Secret.
 async fn arm_client(
     grant: &DatabricksIdentityGrant,
     validated: &ValidatedGrant,
     ctx: &Context,
-) -> Result<ArmClient, String> {
+) -> Result<ArmClient, CredentialProblem> {
     let Some(secret_name) = &validated.credential_secret else {
         return Ok(ctx.arm.operator().clone());
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
-    let secret = secrets.get(secret_name).await.map_err(|e| format!("cannot read Secret {secret_name}: {e}"))?;
+    let secret = match secrets.get(secret_name).await {
+        Ok(secret) => secret,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(CredentialProblem::SecretMissing(secret_name.clone())),
+        Err(e) => return Err(CredentialProblem::Unusable(format!("cannot read Secret {secret_name}: {e}"))),
+    };
     let field = |k: &str| {
         secret
             .data
@@ -317,10 +330,10 @@ async fn arm_client(
             .and_then(|d| d.get(k))
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("Secret {secret_name} lacks key {k}"))
+            .ok_or_else(|| CredentialProblem::Unusable(format!("Secret {secret_name} lacks key {k}")))
     };
     let (tenant, client, value) = (field("tenantId")?, field("clientId")?, field("clientSecret")?);
-    ctx.arm.for_client_secret(&tenant, &client, &value).map_err(|e| e.to_string())
+    ctx.arm.for_client_secret(&tenant, &client, &value).map_err(|e| CredentialProblem::Unusable(e.to_string()))
 }
 
 fn entry(
@@ -411,7 +424,8 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
 
     let arm = match arm_client(grant, &validated, ctx).await {
         Ok(arm) => arm,
-        Err(message) => {
+        Err(problem) => {
+            let message = problem.to_string();
             finish_not_ready(grant, ctx, status, decided, &previous, "CredentialError", message).await?;
             return Ok(Action::requeue(ctx.slow_retry()));
         }
@@ -1009,7 +1023,33 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
         recorded.iter().filter_map(|id| id.rsplit('/').next()).map(str::to_ascii_lowercase).collect();
     let others = other_grants(grant, ctx, &relevant);
     let arm = match validate_grant_spec(&grant.spec) {
-        Ok(v) => arm_client(grant, &v, ctx).await.map_err(ReconcileError::Cleanup)?,
+        Ok(v) => match arm_client(grant, &v, ctx).await {
+            Ok(arm) => arm,
+            // The namespace is going and took the Secret first (deletion order is not
+            // guaranteed): no credential is left to remove with, and the operator's own identity
+            // is not used for a grant that named another (that would let a namespace borrow it).
+            // The finalizer is released so the namespace can go; the Event lists what stays.
+            Err(CredentialProblem::SecretMissing(secret))
+                if ctx.namespace_terminating(&grant.namespace().unwrap_or_default()) =>
+            {
+                let left: Vec<&str> = recorded.iter().map(|id| id.as_str()).collect();
+                let message = format!(
+                    "the namespace is being deleted and its credential Secret {secret} is already gone: the finalizer is released and these role assignments stay in Azure (remove them there, or keep the Secret until the grant is gone): {}",
+                    left.join(", ")
+                );
+                warn!(grant = %key(grant), "{message}");
+                publish(grant, ctx, vec![(EventType::Warning, "AssignmentsRetained", message)]).await;
+                return Ok(Action::await_change());
+            }
+            Err(problem) => {
+                let message = format!(
+                    "cannot remove role assignments, the finalizer stays until they are removed: {problem} (recreate it, or remove the finalizer to leave the assignments in Azure)"
+                );
+                finish_not_ready(grant, ctx, previous.clone(), Vec::new(), &previous, "CleanupFailed", message.clone())
+                    .await?;
+                return Err(ReconcileError::Cleanup(message));
+            }
+        },
         Err(_) => ctx.arm.operator().clone(),
     };
     let mut failures = Vec::new();
