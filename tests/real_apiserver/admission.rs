@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::Value;
 
@@ -15,16 +16,19 @@ use crate::Case;
 use crate::cluster::{RealCluster, install_crds, repo};
 
 pub fn names() -> Vec<String> {
-    ["real/crds_established", "real/examples_accepted", "real/invalid_fixtures_refused"].map(String::from).to_vec()
+    ["real/crds_established", "real/examples_accepted", "real/invalid_fixtures_refused", "real/cel_cost_same_verdicts"]
+        .map(String::from)
+        .to_vec()
 }
 
 pub fn cases(real: Arc<RealCluster>) -> Vec<Case> {
     let t = Duration::from_secs(60);
-    let (a, b, c) = (real.clone(), real.clone(), real);
+    let (a, b, c, d) = (real.clone(), real.clone(), real.clone(), real);
     vec![
         Case::new("real/crds_established", t, move || crds_established(a)),
         Case::new("real/examples_accepted", t, move || examples_accepted(b)),
         Case::new("real/invalid_fixtures_refused", t, move || invalid_fixtures_refused(c)),
+        Case::new("real/cel_cost_same_verdicts", t, move || cel_cost_same_verdicts(d)),
     ]
 }
 
@@ -140,4 +144,71 @@ async fn invalid_fixtures_refused(real: Arc<RealCluster>) {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A CRD carrying the duplicate (role, scope) rule with these bounds.
+fn cost_probe(role: u64, scope: u64, items: u64) -> CustomResourceDefinition {
+    let rule = dbx_identity_operator::api::rules::UNIQUE_ROLE_SCOPE_RULE;
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "costprobes.cel.dbx-operator.io"},
+        "spec": {"group": "cel.dbx-operator.io", "scope": "Namespaced",
+                 "names": {"plural": "costprobes", "kind": "CostProbe", "singular": "costprobe"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                     "type": "object", "properties": {"spec": {"type": "object", "properties": {"roleAssignments": {
+                         "type": "array", "maxItems": items, "x-kubernetes-validations": [{"rule": rule}],
+                         "items": {"type": "object", "properties": {
+                             "role": {"type": "string", "maxLength": role},
+                             "scope": {"type": "string", "maxLength": scope}}}}}}}}}}]},
+    }))
+    .expect("probe CRD")
+}
+
+/// The emulator estimates CEL rule costs as the real API server does: CRDs around the budget
+/// get the same verdict, and refusals the same factor, from both.
+async fn cel_cost_same_verdicts(real: Arc<RealCluster>) {
+    let emulator = dbx_identity_operator::sandbox::kube::start(Default::default()).await.expect("emulator");
+    let emulated = emulator.emulator.client().expect("client");
+    let verdict = |result: Result<CustomResourceDefinition, kube::Error>| match result {
+        Ok(_) => "accepted".to_owned(),
+        Err(kube::Error::Api(e)) => match e.message.split("factor of ").nth(1) {
+            Some(rest) => format!("refused: factor of {}", rest.split_whitespace().next().unwrap_or_default()),
+            None => format!("refused otherwise: {}", e.message),
+        },
+        Err(e) => format!("error: {e}"),
+    };
+    let mut disagreements = Vec::new();
+    let mut refused = 0;
+    for (role, scope, items) in [
+        (512, 1024, 100),
+        (256, 1024, 100),
+        (256, 768, 100),
+        (256, 512, 100),
+        (512, 1024, 70),
+        (1024, 4096, 100),
+        (64, 128, 300),
+    ] {
+        let crd = cost_probe(role, scope, items);
+        let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+        let on_real = verdict(Api::<CustomResourceDefinition>::all(real.admin.clone()).create(&dry_run, &crd).await);
+        let on_emulator =
+            verdict(Api::<CustomResourceDefinition>::all(emulated.clone()).create(&PostParams::default(), &crd).await);
+        if on_emulator.starts_with("accepted") {
+            let _ = Api::<CustomResourceDefinition>::all(emulated.clone())
+                .delete("costprobes.cel.dbx-operator.io", &Default::default())
+                .await;
+        }
+        refused += usize::from(on_real.starts_with("refused"));
+        if on_real != on_emulator {
+            disagreements
+                .push(format!("role {role}, scope {scope}, {items} items: real {on_real}; emulator {on_emulator}"));
+        }
+    }
+    emulator.shutdown().await;
+    assert!(refused >= 3, "the probes no longer straddle the budget");
+    assert!(
+        disagreements.is_empty(),
+        "the emulator's CEL cost estimate disagrees with the API server:\n{}",
+        disagreements.join("\n")
+    );
 }

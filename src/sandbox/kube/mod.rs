@@ -9,6 +9,7 @@
 //!
 //! Where it differs from the API server is listed in `docs/sandbox.md`.
 
+pub mod cel_cost;
 mod http;
 mod protobuf;
 pub mod schema;

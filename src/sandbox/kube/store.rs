@@ -610,6 +610,23 @@ impl Store {
                 "CustomResourceDefinition needs spec.group and spec.names.plural",
             ));
         }
+        // The API server's static CEL cost budget (see cel_cost): a CRD it refuses is refused here.
+        let refusals: Vec<String> = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.pointer("/schema/openAPIV3Schema"))
+            .flat_map(super::cel_cost::over_budget)
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect();
+        if !refusals.is_empty() {
+            let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            return Err(StatusError::new(
+                422,
+                "Invalid",
+                format!("CustomResourceDefinition.apiextensions.k8s.io \"{name}\" is invalid: {}", refusals.join(", ")),
+            ));
+        }
         self.types.retain(|t| !(t.group == group && t.plural == plural));
         for version in
             spec["versions"].as_array().into_iter().flatten().filter(|v| v["served"].as_bool() != Some(false))
