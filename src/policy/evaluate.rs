@@ -588,11 +588,11 @@ mod tests {
     #[test]
     fn the_prejudgement_needs_identity_and_scope_from_one_policy() {
         let a = policy(
-            json!({"identities": [format!("{}/**", "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics")], "scopes": [lake("**")]}),
+            json!({"identities": [format!("{}/**", "/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-analytics")], "scopes": [lake("/**")]}),
         );
         let governing = [Governing { name: "a", policy: &a }];
         let scope = |s: &str| ResourceId::parse(s).expect("scope");
-        let inside = scope(&lake("providers/Microsoft.Storage/storageAccounts/st"));
+        let inside = scope(&lake("/providers/Microsoft.Storage/storageAccounts/st"));
         let outside = scope("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg-secret");
         assert_eq!(prejudge(&governing, PolicyMode::Require, &ws(), &inside), None);
         assert_eq!(
