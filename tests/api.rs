@@ -2,7 +2,11 @@
 //! manifests — by the CRD schema and its CEL rules (what the API server does at admission) and
 //! by the Rust validation the controller runs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
+
+use common::{yaml_documents, yaml_files};
 
 use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
 use dbx_identity_operator::api::{DatabricksIdentityGrant, GrantPolicy, crd_documents};
@@ -14,28 +18,6 @@ use serde_json::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            let value: serde_yaml_ng::Value =
-                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            serde_json::to_value(value).expect("YAML maps to JSON")
-        })
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn openapi_schema(kind: &str) -> Value {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::KeyPair;
 use serde_json::Value;
 
 /// The environment variable naming the directory with `etcd` and `kube-apiserver` (envtest's).
@@ -88,30 +88,19 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> Result<Child, StartError
         .map_err(|e| StartError::Failed(format!("cannot start {}: {e}", binary.display())))
 }
 
-/// Certificates and keys: a CA, the API server's serving certificate for 127.0.0.1, and the
-/// service-account signing key pair (TokenRequest needs one).
-fn certificates(dir: &Path) -> Result<(), rcgen::Error> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "envtest CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
-    server.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    server.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    let server_cert = server.signed_by(&server_key, &issuer)?;
-    let sa_key = KeyPair::generate()?;
+/// Certificates and keys: a CA and the API server's serving certificate for 127.0.0.1 (the ARM
+/// emulator's generator), and the service-account signing key pair (TokenRequest needs one).
+fn certificates(dir: &Path) -> Result<(), String> {
+    let tls = dbx_identity_operator::sandbox::arm::tls::generate().map_err(|e| e.to_string())?;
+    let sa_key = KeyPair::generate().map_err(|e| e.to_string())?;
     for (name, pem) in [
-        ("ca.crt", ca_cert.pem()),
-        ("apiserver.crt", server_cert.pem()),
-        ("apiserver.key", server_key.serialize_pem()),
+        ("ca.crt", tls.ca_pem),
+        ("apiserver.crt", tls.server_cert_pem),
+        ("apiserver.key", tls.server_key_pem),
         ("sa.key", sa_key.serialize_pem()),
         ("sa.pub", sa_key.public_key_pem()),
     ] {
-        std::fs::write(dir.join(name), pem).map_err(|e| rcgen::Error::PemError(e.to_string()))?;
+        std::fs::write(dir.join(name), pem).map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
 }
@@ -134,7 +123,7 @@ impl ControlPlane {
         }
         let dir = tempfile::tempdir().map_err(|e| failed("temp dir")(e.to_string()))?;
         let d = dir.path();
-        certificates(d).map_err(|e| failed("certificates")(e.to_string()))?;
+        certificates(d).map_err(failed("certificates"))?;
         write(&d.join("tokens.csv"), &format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"))?;
         write(
             &d.join("audit-policy.yaml"),

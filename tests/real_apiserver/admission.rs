@@ -3,7 +3,6 @@
 //! message the project promises (CEL rules: the shared message; schema refusals: the field the
 //! Rust validation names).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use serde_json::Value;
 
 use crate::Case;
 use crate::cluster::{RealCluster, install_crds, repo};
+use crate::common::{yaml_documents, yaml_files};
 
 pub fn names() -> Vec<String> {
     ["real/crds_established", "real/examples_accepted", "real/invalid_fixtures_refused", "real/cel_cost_same_verdicts"]
@@ -30,28 +30,6 @@ pub fn cases(real: Arc<RealCluster>) -> Vec<Case> {
         Case::new("real/invalid_fixtures_refused", t, move || invalid_fixtures_refused(c)),
         Case::new("real/cel_cost_same_verdicts", t, move || cel_cost_same_verdicts(d)),
     ]
-}
-
-pub fn yaml_documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            let value: serde_yaml_ng::Value =
-                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            serde_json::to_value(value).expect("YAML maps to JSON")
-        })
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn api_for(client: &kube::Client, object: &Value) -> Api<DynamicObject> {
