@@ -337,7 +337,8 @@ fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiv
                 () = stopped.clone() => break,
             }
             let arm = ctx.arm.operator().clone();
-            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period.max(tick)))
+            let in_use_for = interval.max(ctx.settings.resync_interval) * 2;
+            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period.max(tick), in_use_for))
                 .map(|scope| {
                     let (ctx, arm) = (ctx.clone(), arm.clone());
                     async move {

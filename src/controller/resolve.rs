@@ -564,12 +564,13 @@ impl ScopeAssignments {
         Ok(guard.as_ref().map(Self::expanded).unwrap_or_default())
     }
 
-    /// Scopes in use (a grant read them within two `period`s) whose list is at least `period`
-    /// old, oldest first.
-    pub fn due(&self, period: Duration) -> Vec<ResourceId> {
+    /// Scopes in use (a grant read them within `in_use_for`) whose list is at least `period`
+    /// old, oldest first. `in_use_for` must span the grants' own rhythm (two resyncs): with a
+    /// drift check shorter than the resync, a scope is still in use between two reconciles.
+    pub fn due(&self, period: Duration, in_use_for: Duration) -> Vec<ResourceId> {
         let now = Instant::now();
         let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
-        scopes.retain(|_, e| now.duration_since(e.used) < period * 2);
+        scopes.retain(|_, e| now.duration_since(e.used) < in_use_for);
         let mut due: Vec<(Duration, ResourceId)> = scopes
             .values()
             .filter_map(|e| {
@@ -732,16 +733,22 @@ mod scope_cache_tests {
         let scope =
             ResourceId::parse("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/rg").expect("id");
         let slot = cache.slot(&scope);
-        assert_eq!(cache.due(Duration::from_secs(10)), vec![scope.clone()], "never listed: due");
+        assert_eq!(
+            cache.due(Duration::from_secs(10), Duration::from_secs(20)),
+            vec![scope.clone()],
+            "never listed: due"
+        );
         if let Ok(mut guard) = slot.try_lock() {
             ScopeAssignments::store(&mut guard, &scope, Vec::new(), &[]);
         }
-        let period = Duration::from_millis(200);
-        assert!(cache.due(period).is_empty(), "just listed: not due");
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(cache.due(period), vec![scope], "a period later: due again");
+        let (period, in_use_for) = (Duration::from_millis(100), Duration::from_millis(500));
+        assert!(cache.due(period, in_use_for).is_empty(), "just listed: not due");
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(cache.due(period, in_use_for), vec![scope.clone()], "a period later: due again");
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(cache.due(period, in_use_for), vec![scope], "unread for two periods but within in_use_for: kept");
         std::thread::sleep(Duration::from_millis(300));
-        assert!(cache.due(period).is_empty(), "no grant read it for two periods: dropped");
+        assert!(cache.due(period, in_use_for).is_empty(), "no grant read it within in_use_for: dropped");
         assert!(cache.scopes.lock().map(|s| s.is_empty()).unwrap_or(false));
     }
 }
