@@ -6,7 +6,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
 COPY crds ./crds
-RUN cargo build --release --locked --bin dbx-identity-operator
+# Without the default `sandbox` feature: no emulators, no demo, no CEL interpreter in the image
+# (.ci/image_check.sh builds with this same line and checks it).
+RUN cargo build --release --locked --no-default-features --features jemalloc --bin dbx-identity-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/dbx-identity-operator /usr/local/bin/dbx-identity-operator

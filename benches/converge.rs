@@ -71,6 +71,10 @@ struct Options {
     /// Runs the operator under this command (e.g. `heaptrack -o target/bench/heap`) to profile it.
     #[arg(long)]
     wrap: Option<String>,
+    /// The operator binary to measure (default: the one `cargo bench` built, with the sandbox
+    /// feature); e.g. the image's build, `--no-default-features --features jemalloc`.
+    #[arg(long)]
+    operator: Option<PathBuf>,
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -233,14 +237,15 @@ struct Operator {
 impl Operator {
     fn start(sandbox: &Sandbox, options: &Options, log: &Path) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let binary = options.operator.as_deref().unwrap_or(Path::new(OPERATOR));
         let mut command = match &options.wrap {
             Some(wrap) => {
                 let mut parts = wrap.split_whitespace();
                 let mut command = Command::new(parts.next().unwrap_or("env"));
-                command.args(parts).arg(OPERATOR);
+                command.args(parts).arg(binary);
                 command
             }
-            None => Command::new(OPERATOR),
+            None => Command::new(binary),
         };
         let child = command
             .args(["run", "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-format", "json"])
@@ -252,7 +257,7 @@ impl Operator {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start {OPERATOR}: {e}"))?;
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         Ok(Operator { child })
     }
 

@@ -9,7 +9,9 @@ use crate::api::{self, CrdError};
 use crate::azure::client::AzureSetupError;
 use crate::azure::credentials::{ArmClients, AuthMode, AzureSettings, operator_client};
 use crate::controller::{self, ControllerSettings};
+#[cfg(feature = "sandbox")]
 use crate::sandbox::{self, SandboxError, SandboxOptions};
+pub use crate::telemetry::{LogFormat, init_logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +32,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
     },
+    #[cfg(feature = "sandbox")]
     /// Play the operator's story on the embedded sandbox (about 20 s): convergence, drift,
     /// a new identity, a spec change, a deletion — then a summary.
     Demo {
@@ -39,6 +42,7 @@ pub enum Command {
     },
     /// Run the operator: reconcile DatabricksIdentityGrants against Azure until SIGTERM/Ctrl-C.
     Run(Box<RunArgs>),
+    #[cfg(feature = "sandbox")]
     /// Run the Kubernetes and Azure emulators with a seeded estate until Ctrl-C.
     Sandbox {
         /// Where to write `kubeconfig`, `azure.env` and `estate.json`.
@@ -114,11 +118,6 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Parses `90`, `90s`, `500ms`, `15m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -143,6 +142,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 pub enum CliError {
     #[error(transparent)]
     Crd(#[from] CrdError),
+    #[cfg(feature = "sandbox")]
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("cannot write to standard output: {0}")]
@@ -159,6 +159,7 @@ pub enum CliError {
     Listen(#[source] std::io::Error),
     #[error(transparent)]
     Election(#[from] controller::ElectionError),
+    #[cfg(feature = "sandbox")]
     #[error("demo: {0}")]
     Demo(#[from] crate::demo::DemoError),
 }
@@ -175,7 +176,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(args) => run_operator(*args).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo { keep } => Ok(crate::demo::run(keep).await?),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
             let signals = ShutdownSignals::install()?;
             let mut options = SandboxOptions::new(dir);
@@ -191,18 +194,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Version => print(&format!("dbx-identity-operator {}\n", env!("CARGO_PKG_VERSION"))),
     }
-}
-
-/// Installs the tracing subscriber (RUST_LOG filters; default info).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second call (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 async fn run_operator(args: RunArgs) -> Result<(), CliError> {
@@ -260,6 +251,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
     result
 }
 
+#[cfg(feature = "sandbox")]
 fn sandbox_banner(sandbox: &sandbox::Sandbox) -> String {
     let dir = sandbox.kubeconfig.parent().map(|p| p.display().to_string()).unwrap_or_default();
     format!(

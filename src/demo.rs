@@ -163,7 +163,7 @@ async fn apply_examples(client: &kube::Client) -> Result<(), DemoError> {
 
 /// Runs the demo; with `keep`, leaves everything running for kubectl until Ctrl-C.
 pub async fn run(keep: bool) -> Result<(), DemoError> {
-    crate::cli::init_logging(crate::cli::LogFormat::Text);
+    crate::telemetry::init_logging(crate::telemetry::LogFormat::Text);
     let dir = tempfile_dir()?;
     let mut options = SandboxOptions::new(dir.clone());
     // Faster than the sandbox default so the story fits in well under a minute, same shape.

@@ -7,7 +7,9 @@ pub mod api;
 pub mod azure;
 pub mod cli;
 pub mod controller;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod policy;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod telemetry;
