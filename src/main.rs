@@ -12,7 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // One arena and no per-thread caches: the operator is I/O-bound with a handful of busy threads,
 // and every arena and thread cache keeps its own free memory. Freed pages go back to the OS at
 // once. At 5000 grants under faults this took peak RSS from 79.1 to 76.7 MiB with no slower
-// convergence (tests/load.rs, docs/benchmarks.md).
+// convergence (tests/integration/load.rs, docs/benchmarks.md).
 #[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: &[u8] = b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0\0";

@@ -1,5 +1,5 @@
 //! A realistic estate of N grants, for the scale benchmark (`benches/converge.rs`) and the
-//! reliability suite's load test (`tests/load.rs`): Azure seeded with workspaces, access
+//! reliability suite's load test (`tests/integration/load.rs`): Azure seeded with workspaces, access
 //! connectors, scopes across several subscriptions and custom roles, and the grants, namespaces
 //! and GrantPolicy that ask for roles there.
 

@@ -271,13 +271,10 @@ struct ScanningWriter;
 
 impl std::io::Write for ScanningWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let line = String::from_utf8_lossy(buf);
         LINES_SCANNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for (what, needle) in SECRET_NEEDLES {
-            if line.contains(needle) {
-                let redacted = line.replace(needle, "<REDACTED>");
-                LEAKS.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{what}: {redacted}"));
-            }
+        let leaks = secrets_in(&String::from_utf8_lossy(buf));
+        if !leaks.is_empty() {
+            LEAKS.lock().unwrap_or_else(|p| p.into_inner()).extend(leaks);
         }
         Ok(buf.len())
     }
@@ -285,6 +282,15 @@ impl std::io::Write for ScanningWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// What secrets a log line holds: one entry per kind found, naming it, with the line redacted.
+pub fn secrets_in(line: &str) -> Vec<String> {
+    SECRET_NEEDLES
+        .iter()
+        .filter(|(_, needle)| line.contains(needle))
+        .map(|(what, needle)| format!("{what}: {}", line.replace(needle, "<REDACTED>")))
+        .collect()
 }
 
 /// Sends every log event of this test binary (the operator's, azure_core's, kube's …) through

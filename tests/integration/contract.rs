@@ -3,7 +3,7 @@
 //!
 //! The specs live outside the repository (`../shared/azure/specs`, or `DBX_AZURE_SPECS`), so
 //! these tests are ignored by default and `.ci/run` runs them with `--ignored`; run by hand:
-//! `cargo test --test contract -- --ignored`. A missing specs directory fails loudly.
+//! `cargo test --test integration -- --ignored contract::`. A missing specs directory fails loudly.
 //!
 //! Schemas are taken from each operation's declared response (or body parameter) in `paths`,
 //! with `$ref`s resolved across files as the specs' README describes. Extensible enums

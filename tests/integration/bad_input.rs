@@ -3,9 +3,8 @@
 //! nothing reaches Azure). Messages quote at most a little of the input, so a 1 MB id never
 //! becomes a 1 MB status.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::api::{DatabricksIdentityGrant, GrantPolicy};
 use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
 use dbx_identity_operator::sandbox::kube::KubeEmulatorHandle;
@@ -308,7 +307,7 @@ fn azure_writes(h: &Harness) -> u64 {
 
 #[tokio::test]
 async fn junk_through_the_api_server_is_refused_with_the_field_named() {
-    let _scenario = common::scenario("Bad input", "junk in every field through admission: 422 naming the field");
+    let _scenario = crate::common::scenario("Bad input", "junk in every field through admission: 422 naming the field");
     let h = harness(Default::default()).await;
     let grants = raw_api::<DatabricksIdentityGrant>(&h, true);
     let policies = raw_api::<GrantPolicy>(&h, false);
@@ -382,7 +381,7 @@ async fn wait_for_invalid_policy(policies: &Api<GrantPolicy>, name: &str, junk: 
 /// reconciler is the only line of defence.
 #[tokio::test]
 async fn junk_past_admission_gets_a_specific_status_and_never_an_azure_write() {
-    let _scenario = common::scenario("Bad input", "junk past admission: specific status, no Azure write");
+    let _scenario = crate::common::scenario("Bad input", "junk past admission: specific status, no Azure write");
     let h = harness(Default::default()).await;
     set_admission(&h.sandbox.kube, false);
     let grants = raw_api::<DatabricksIdentityGrant>(&h, true);
@@ -434,7 +433,7 @@ async fn junk_past_admission_gets_a_specific_status_and_never_an_azure_write() {
 /// The validation the reconciler runs, over every junk spec including the huge ones.
 #[tokio::test]
 async fn every_junk_spec_is_refused_naming_its_field() {
-    let _scenario = common::scenario("Bad input", "every junk spec refused by validation, naming its field");
+    let _scenario = crate::common::scenario("Bad input", "every junk spec refused by validation, naming its field");
     use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
     let h = harness(Default::default()).await;
     for j in typed_grant_junk(&h).iter().chain(&wrongly_typed_grant_junk(&h)) {
@@ -476,7 +475,7 @@ async fn wait_for_raw_reason(api: &Api<DynamicObject>, name: &str, reason: &str,
 /// reported by name, the rest keep working, and deleting one still cleans up.
 #[tokio::test]
 async fn wrongly_typed_objects_past_admission_are_reported_and_stall_nothing() {
-    let _scenario = common::scenario("Bad input", "wrongly typed objects past admission: reported, nothing stalls");
+    let _scenario = crate::common::scenario("Bad input", "wrongly typed objects past admission: reported, nothing stalls");
     let h = harness(Default::default()).await;
     h.apply(&grant("kept", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("kept").await;

@@ -2,7 +2,6 @@
 //! kubeconfig): it converges a grant, never logs a secret (even at trace level), and on SIGTERM
 //! finishes, releases its Lease and exits cleanly.
 
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_converges_logs_no_secrets_and_stops_gracefully_on_sigterm() {
-    let _scenario = common::scenario("Security", "no secret in trace-level logs of the binary");
+    let _scenario = crate::common::scenario("Security", "no secret in trace-level logs of the binary");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = SandboxOptions::new(dir.path().to_owned());
     options.arm_state = dbx_identity_operator::sandbox::arm::StateConfig::default();

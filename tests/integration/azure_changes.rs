@@ -3,11 +3,10 @@
 //! assignment limit reached. Only the grants concerned fail, each with a specific reason; the
 //! rest stay Ready; each scenario ends with the invariant.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::api::AssignmentState;
 use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::azure::models::Permission;
@@ -29,7 +28,7 @@ fn is_ready(g: &dbx_identity_operator::api::DatabricksIdentityGrant) -> bool {
 /// which identity is gone and keep their record so deleting them still cleans up.
 #[tokio::test]
 async fn identities_deleted_under_the_operator() {
-    let _scenario = common::scenario("Azure changes", "workspace and access connector deleted");
+    let _scenario = crate::common::scenario("Azure changes", "workspace and access connector deleted");
     let h = harness(StateConfig::default()).await;
     let lake = json!([{"role": "Reader", "scope": rg("rg-lake")}]);
     h.apply(&grant("dev-ws", h.workspace_identity(1), lake.clone())).await;
@@ -74,7 +73,7 @@ async fn identities_deleted_under_the_operator() {
 /// deleting the grant completes.
 #[tokio::test]
 async fn scope_deleted_under_the_operator() {
-    let _scenario = common::scenario("Azure changes", "scope resource deleted");
+    let _scenario = crate::common::scenario("Azure changes", "scope resource deleted");
     let h = harness(StateConfig::default()).await;
     let storage = h.sandbox.estate.scopes.storage_account.clone();
     let both = json!([{"role": "Reader", "scope": storage}, {"role": "Reader", "scope": rg("rg-streaming")}]);
@@ -111,7 +110,7 @@ async fn scope_deleted_under_the_operator() {
 /// RoleNotFound, the grant's other entries stay, and the operator does not keep writing.
 #[tokio::test]
 async fn role_definition_deleted_under_the_operator() {
-    let _scenario = common::scenario("Azure changes", "custom role definition deleted");
+    let _scenario = crate::common::scenario("Azure changes", "custom role definition deleted");
     let h = harness(StateConfig::default()).await;
     let auditor = h.sandbox.arm.emulator.state().add_custom_role(
         "Lake Auditor",
@@ -132,8 +131,11 @@ async fn role_definition_deleted_under_the_operator() {
         assert!(state.delete_custom_role(auditor));
     }
     let g = h
-        .wait_for("audit", "RoleNotFound", |g| {
+        // The failed write reports RoleNotFound at once; the next reconcile looks the role up
+        // again and RolesResolved says so too.
+        .wait_for("audit", "RoleNotFound in the entry and RolesResolved", |g| {
             g.status.as_ref().is_some_and(|s| s.role_assignments[0].reason.as_deref() == Some("RoleNotFound"))
+                && condition(g, "RolesResolved").is_some_and(|c| c.1 == "RoleNotFound")
         })
         .await;
     assert_eq!(state_of(&g, 0).0, AssignmentState::Failed);
@@ -152,7 +154,7 @@ async fn role_definition_deleted_under_the_operator() {
 /// scope, and converges once the permission is back.
 #[tokio::test]
 async fn permission_revoked_at_one_scope() {
-    let _scenario = common::scenario("Azure changes", "operator's permission revoked at one scope");
+    let _scenario = crate::common::scenario("Azure changes", "operator's permission revoked at one scope");
     let h = harness(StateConfig::default()).await;
     h.apply(&grant("lake-before", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("lake-before").await;
@@ -217,7 +219,7 @@ async fn permission_revoked_at_one_scope() {
 /// RoleAssignmentLimitExceeded, writes are retried slowly, and raising the limit converges.
 #[tokio::test]
 async fn subscription_assignment_limit_reached() {
-    let _scenario = common::scenario("Azure changes", "subscription assignment limit reached");
+    let _scenario = crate::common::scenario("Azure changes", "subscription assignment limit reached");
     let h = harness(StateConfig::default()).await;
     let existing = h.sandbox.arm.emulator.state().all_assignments().len();
     h.sandbox.arm.emulator.state().config.assignment_limit = existing + 1;

@@ -1,11 +1,10 @@
 //! Faults while grants converge: each scenario ends with the invariant (Azure holds exactly what
 //! live grants report, plus foreign assignments; no tuple twice) and with every grant Ready.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ThrottleConfig};
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
@@ -35,7 +34,7 @@ async fn all_ready(h: &Harness, names: &[String]) {
 #[tokio::test]
 async fn arm_errors_resets_and_eventual_consistency() {
     let _scenario =
-        common::scenario("Faults: ARM", "5xx bursts, connection resets, new assignments missing from lists");
+        crate::common::scenario("Faults: ARM", "5xx bursts, connection resets, new assignments missing from lists");
     let h = harness(StateConfig { list_lag: Duration::from_secs(2), ..StateConfig::default() }).await;
     h.sandbox.arm.emulator.set_faults(FaultConfig { error_rate: 0.3, reset_rate: 0.1, ..FaultConfig::default() });
     let names = apply_grants(&h, "flaky").await;
@@ -53,7 +52,7 @@ async fn arm_errors_resets_and_eventual_consistency() {
 /// A 429 storm: tiny buckets. Everything converges, and the operator does not hammer.
 #[tokio::test]
 async fn throttling_storm_is_paced() {
-    let _scenario = common::scenario("Faults: ARM", "429 storm: Retry-After honoured, requests bounded");
+    let _scenario = crate::common::scenario("Faults: ARM", "429 storm: Retry-After honoured, requests bounded");
     let h = harness(StateConfig::default()).await;
     h.sandbox.arm.emulator.set_throttling(ThrottleConfig {
         enabled: true,
@@ -75,7 +74,7 @@ async fn throttling_storm_is_paced() {
 /// The token endpoint down, then back.
 #[tokio::test]
 async fn token_outage_then_recovery() {
-    let _scenario = common::scenario("Faults: ARM", "token endpoint down, then back");
+    let _scenario = crate::common::scenario("Faults: ARM", "token endpoint down, then back");
     let h = harness(StateConfig::default()).await;
     h.sandbox.arm.emulator.set_faults(FaultConfig { token_outage: true, ..FaultConfig::default() });
     h.sandbox.arm.emulator.expire_tokens();
@@ -92,7 +91,7 @@ async fn token_outage_then_recovery() {
 #[tokio::test]
 async fn watch_cuts_and_api_server_errors() {
     let _scenario =
-        common::scenario("Faults: Kubernetes", "watch streams cut repeatedly; API errors on reads and status patches");
+        crate::common::scenario("Faults: Kubernetes", "watch streams cut repeatedly; API errors on reads and status patches");
     let h = harness(StateConfig::default()).await;
     let names = apply_grants(&h, "kube").await;
     for _ in 0..5 {
@@ -111,7 +110,7 @@ async fn watch_cuts_and_api_server_errors() {
 #[tokio::test]
 async fn watch_history_compacted_410_gone() {
     let _scenario =
-        common::scenario("Faults: Kubernetes", "410 Gone after history compaction; missed changes acted on");
+        crate::common::scenario("Faults: Kubernetes", "410 Gone after history compaction; missed changes acted on");
     let h = harness(StateConfig::default()).await;
     let names = apply_grants(&h, "gone").await;
     all_ready(&h, &names).await;
@@ -146,7 +145,7 @@ async fn watch_history_compacted_410_gone() {
 /// their finalizer before anything is written to Azure, and deletions still clean up.
 #[tokio::test]
 async fn finalizer_update_conflicts() {
-    let _scenario = common::scenario("Faults: Kubernetes", "409 conflicts on finalizer updates");
+    let _scenario = crate::common::scenario("Faults: Kubernetes", "409 conflicts on finalizer updates");
     let h = harness(StateConfig::default()).await;
     h.sandbox.kube.emulator.set_faults(KubeFaults { conflict_next_writes: 6, ..KubeFaults::default() });
     let names = apply_grants(&h, "conflict").await;
@@ -173,7 +172,7 @@ async fn finalizer_update_conflicts() {
 /// converges once the principal shows up.
 #[tokio::test]
 async fn principal_not_found_for_a_long_while() {
-    let _scenario = common::scenario("Faults: ARM", "PrincipalNotFound for a long while after the identity is created");
+    let _scenario = crate::common::scenario("Faults: ARM", "PrincipalNotFound for a long while after the identity is created");
     let delay = Duration::from_secs(20);
     let h =
         harness(StateConfig { replication_delay: delay, replication_delay_with_type: delay, ..StateConfig::default() })

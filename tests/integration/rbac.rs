@@ -4,7 +4,6 @@
 //! request it makes, as the Kubernetes emulator recorded it, must be allowed by a rule of the
 //! chart's ClusterRole or (in the release namespace) Role, and every rule must be used.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -99,7 +98,7 @@ fn ready(g: &DatabricksIdentityGrant) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_covers_exactly_what_the_operator_does() {
-    let _scenario = common::scenario("Security", "chart RBAC covers exactly the operator's requests");
+    let _scenario = crate::common::scenario("Security", "chart RBAC covers exactly the operator's requests");
     let rules = chart_rules();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = SandboxOptions::new(dir.path().to_owned());

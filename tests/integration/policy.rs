@@ -1,11 +1,10 @@
 //! GrantPolicy end to end (policy mode `require`): denial, partial allowance, removal when a
 //! policy tightens, convergence when it loosens, relabelled namespaces, and policy status.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::api::{AssignmentState, GrantPolicy};
 use dbx_identity_operator::policy::evaluate::PolicyMode;
 use dbx_identity_operator::sandbox::arm::StateConfig;

@@ -1,7 +1,6 @@
 //! The Azure layer end to end: the real `ArmClient` and azure_identity credentials against the
 //! HTTPS ARM emulator. Each test starts its own emulator on a free port.
 
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,7 +309,7 @@ async fn a_throttled_burst_completes_with_no_more_requests_than_needed() {
 
 #[tokio::test]
 async fn lists_follow_every_page_and_refuse_foreign_next_links() {
-    let _scenario = common::scenario("Security", "nextLink to another host never followed");
+    let _scenario = crate::common::scenario("Security", "nextLink to another host never followed");
     let f = fixture_with(StateConfig { page_size: 2, ..StateConfig::default() }, ThrottleConfig::default()).await;
     let client = f.client();
     let scope = f.lake();
@@ -559,7 +558,7 @@ async fn a_token_endpoint_outage_fails_calls_until_it_ends() {
 
 #[tokio::test]
 async fn hostile_responses_are_errors_never_panics_or_hangs() {
-    let _scenario = common::scenario(
+    let _scenario = crate::common::scenario(
         "Bad input",
         "hostile ARM responses: truncated, wrong types, missing fields, 200 with error, endless pages",
     );
@@ -612,7 +611,7 @@ async fn hostile_responses_are_errors_never_panics_or_hangs() {
 #[tokio::test]
 async fn hostile_throttling_headers_are_ignored_or_capped_never_a_panic() {
     let _scenario =
-        common::scenario("Bad input", "hostile throttling headers: -inf/NaN/1e300 remaining, a 2^64 s Retry-After");
+        crate::common::scenario("Bad input", "hostile throttling headers: -inf/NaN/1e300 remaining, a 2^64 s Retry-After");
     use dbx_identity_operator::sandbox::arm::HostileResponse;
     let f = fixture_with(StateConfig::default(), ThrottleConfig { enabled: false, ..ThrottleConfig::default() }).await;
     f.arm

@@ -2,11 +2,10 @@
 //! manifests — by the CRD schema and its CEL rules (what the API server does at admission) and
 //! by the Rust validation the controller runs.
 
-mod common;
 
 use std::path::PathBuf;
 
-use common::{yaml_documents, yaml_files};
+use crate::common::{yaml_documents, yaml_files};
 
 use dbx_identity_operator::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
 use dbx_identity_operator::api::{DatabricksIdentityGrant, GrantPolicy, crd_documents};

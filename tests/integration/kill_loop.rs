@@ -1,14 +1,13 @@
-//! Long (run by the second CI step, `cargo test --test kill_loop -- --ignored`): the real
+//! Long (run by the second CI step, `cargo test --test integration -- --ignored kill_loop::`): the real
 //! binary SIGKILLed at random points, including between an Azure write and the status patch
 //! that records it, 50 times over a changing workload; then two replicas with the leader
 //! SIGKILLed mid-work. Each ends with every grant in its final state and the invariant.
 
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -116,7 +115,7 @@ async fn settle(h: &Harness, live: &[String], deleted: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: the second CI step runs it"]
 async fn sigkill_fifty_times_over_a_live_workload() {
-    let _scenario = common::scenario("Faults: process", "SIGKILL x50 over a live workload (long)");
+    let _scenario = crate::common::scenario("Faults: process", "SIGKILL x50 over a live workload (long)");
     let h = harness(StateConfig::default()).await;
     h.stop_controller().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -220,7 +219,7 @@ async fn sigkill_fifty_times_over_a_live_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: the second CI step runs it"]
 async fn leader_sigkilled_mid_work_standby_finishes() {
-    let _scenario = common::scenario("Faults: process", "leader SIGKILLed mid-work, standby finishes (long)");
+    let _scenario = crate::common::scenario("Faults: process", "leader SIGKILLed mid-work, standby finishes (long)");
     let h = harness(StateConfig::default()).await;
     h.stop_controller().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,5 +1,5 @@
 //! The Kubernetes emulator driven by the real clients: kube's `Api` and kube-runtime's watcher.
-//! (`kubectl` is exercised in tests/kubectl.rs.)
+//! (`kubectl` is exercised in sandbox_kubectl.rs.)
 
 use std::time::Duration;
 

@@ -2,12 +2,11 @@
 //! Kubernetes and ARM emulators. Every test ends by checking the invariant: Azure's role
 //! assignments are exactly those live grants want, plus adopted, foreign and retained ones.
 
-mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant};
 use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
@@ -181,7 +180,7 @@ async fn observe_mode_plans_without_writing() {
 
 #[tokio::test]
 async fn every_error_class_is_reported_and_others_proceed() {
-    let _scenario = common::scenario(
+    let _scenario = crate::common::scenario(
         "Faults: ARM",
         "error classes reported, others proceed (incl. PrincipalNotFound while replicating)",
     );
@@ -496,7 +495,7 @@ async fn a_reconcile_from_a_stale_copy_does_not_overwrite_a_newer_status() {
 /// listed is never handed to a credential that may not read it.
 #[tokio::test]
 async fn a_grant_credential_sees_only_what_it_may_read() {
-    let _scenario = common::scenario("Security", "per-grant credentials: caches never cross credentials");
+    let _scenario = crate::common::scenario("Security", "per-grant credentials: caches never cross credentials");
     let h = harness(StateConfig::default()).await;
     let ws = h.workspace_identity(0);
     let lake = h.sandbox.estate.scopes.storage_account.clone();

@@ -1,11 +1,10 @@
-//! Long (run by the second CI step, `cargo test --test load -- --ignored`): 5000 grants applied
+//! Long (run by the second CI step, `cargo test --test integration -- --ignored load::`): 5000 grants applied
 //! at once while ARM and the Kubernetes API fail under the operator, the real binary running as
 //! a separate process. Every grant must reach its final state — Ready, or refused with its
 //! specific reason — the invariant must hold, and the operator's memory must stay within the
 //! scale benchmark's bound (see `RELEASE_FILE_RSS_MIB` for how a test build is held to it). `DBX_LOAD_OPERATOR=<path>` runs another build of the operator (the
 //! release binary, to measure what ships).
 
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -65,7 +64,7 @@ fn key(grant: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: the second CI step runs it"]
 async fn five_thousand_grants_at_once_under_faults() {
-    let _scenario = common::scenario("Load", "5000 grants applied at once under faults (long)");
+    let _scenario = crate::common::scenario("Load", "5000 grants applied at once under faults (long)");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = SandboxOptions::new(dir.path().to_owned());
     // Throttling scaled ×10, as the benchmark's load run: the faults, not the buckets, set the
@@ -118,7 +117,7 @@ async fn five_thousand_grants_at_once_under_faults() {
 
     // The benchmark's `--faults`, whose memory bound this test holds the operator to. (A 410
     // relist of all 5000 grants holds two copies of the cache for a moment; that case is the 410
-    // scenario in tests/faults.rs, at a smaller scale.)
+    // scenario in tests/integration/faults.rs, at a smaller scale.)
     let faults = workload::start_faults(&sandbox);
     let log = dir.path().join("operator.log");
     let mut operator = Operator(

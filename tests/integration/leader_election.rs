@@ -1,11 +1,10 @@
 //! Two replicas with leader election against the sandbox: only the leader reconciles; when it
 //! shuts down it releases the Lease and the standby takes over.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dbx_identity_operator::controller::{ElectionError, LeaderElection, lead_with, run_with_leader_election};
 use dbx_identity_operator::sandbox::arm::StateConfig;
 use dbx_identity_operator::telemetry::Metrics;
@@ -28,7 +27,7 @@ fn leader(m: &Metrics) -> bool {
 
 #[tokio::test]
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
-    let _scenario = common::scenario("Faults: process", "leader election: graceful handover");
+    let _scenario = crate::common::scenario("Faults: process", "leader election: graceful handover");
     // The harness's own controller is stopped first: this test runs its own two replicas.
     let h = harness(StateConfig::default()).await;
     let _ = h.stop_controller().await;
@@ -80,7 +79,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
 #[tokio::test]
 async fn a_leader_whose_controllers_stop_releases_the_lease_and_fails() {
     let _scenario =
-        common::scenario("Faults: process", "leader election: controllers stop while leading (no zombie leader)");
+        crate::common::scenario("Faults: process", "leader election: controllers stop while leading (no zombie leader)");
     let h = harness(StateConfig::default()).await;
     let _ = h.stop_controller().await;
     let metrics = Metrics::new();
