@@ -228,9 +228,9 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         .status
         .as_ref()
         .and_then(|s| s.managed_assignments.first())
-        .and_then(|id| id.rsplit('/').next())
-        .unwrap_or_default()
-        .to_owned();
+        .and_then(|id| crate::azure::RoleAssignmentId::parse(id))
+        .map(|id| id.name().to_owned())
+        .unwrap_or_default();
     say(&format!(
         "{} ▶ Someone deletes the Unity Catalog connector's assignment in the portal ({victim}); the next resync restores it.",
         demo.clock()

@@ -3,6 +3,7 @@
 
 pub mod grant;
 pub mod policy;
+pub mod reason;
 pub mod rules;
 pub mod validation;
 
@@ -10,6 +11,7 @@ use kube::CustomResourceExt;
 
 pub use grant::*;
 pub use policy::*;
+pub use reason::Reason;
 
 /// API group of every resource the operator serves.
 pub const GROUP: &str = "identity.dbx-operator.io";

@@ -19,6 +19,7 @@ use azure_core::http::{
 };
 use serde::de::DeserializeOwned;
 
+use super::RoleAssignmentId;
 use super::error::ArmError;
 use super::models::*;
 use super::resource_id::ResourceId;
@@ -213,7 +214,7 @@ impl ArmClient {
 
     /// Role assignments at `scope` itself and above it (`atScope()`), every page.
     pub async fn list_role_assignments_at_scope(&self, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
-        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments");
+        let path = RoleAssignmentId::collection_at(scope);
         self.list(self.url(&path, api_version::AUTHORIZATION, Some("atScope()"))?).await
     }
 
@@ -223,14 +224,14 @@ impl ArmClient {
         scope: &ResourceId,
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>, ArmError> {
-        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments");
+        let path = RoleAssignmentId::collection_at(scope);
         let filter = format!("principalId eq '{}'", principal_id.replace('\'', "''"));
         self.list(self.url(&path, api_version::AUTHORIZATION, Some(&filter))?).await
     }
 
     /// GET one role assignment.
     pub async fn get_role_assignment(&self, scope: &ResourceId, name: &str) -> Result<RoleAssignment, ArmError> {
-        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}");
+        let path = RoleAssignmentId::new(scope.clone(), name).to_string();
         self.call(Method::Get, self.url(&path, api_version::AUTHORIZATION, None)?, None).await
     }
 
@@ -252,7 +253,7 @@ impl ArmClient {
         name: &str,
         properties: RoleAssignmentProperties,
     ) -> Result<(RoleAssignment, bool), ArmError> {
-        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}");
+        let path = RoleAssignmentId::new(scope.clone(), name).to_string();
         let body = serde_json::to_vec(&RoleAssignmentCreate { properties }).map_err(|e| ArmError::Other {
             status: 0,
             code: "SerializationFailed".into(),
@@ -265,7 +266,7 @@ impl ArmClient {
 
     /// DELETE a role assignment. `Ok(false)` when it was already gone (204).
     pub async fn delete_role_assignment(&self, scope: &ResourceId, name: &str) -> Result<bool, ArmError> {
-        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}");
+        let path = RoleAssignmentId::new(scope.clone(), name).to_string();
         let response = self.send(Method::Delete, self.url(&path, api_version::AUTHORIZATION, None)?, None).await?;
         match u16::from(response.status()) {
             200 => Ok(true),

@@ -8,12 +8,53 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use kube::runtime::watcher;
 
-use super::plan::{Claim, OtherGrants};
-use super::reconcile::claims_of;
-use crate::api::DatabricksIdentityGrant;
+use super::plan::{Claim, OtherGrants, assignment_name};
+use crate::api::{AssignmentState, DatabricksIdentityGrant, Reason};
+use crate::azure::ResourceId;
+
+/// The assignments one grant claims, from its status (what it resolved) and spec (conditions).
+pub fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
+    let Some(status) = &grant.status else { return Vec::new() };
+    let Some(principal) = &status.principal else { return Vec::new() };
+    let created = grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    let mut claims = Vec::new();
+    for ra in &status.role_assignments {
+        // A grant that lost a condition conflict still wants the tuple (and takes it over when
+        // the older grant goes), so its claim counts too.
+        let lost_conflict = ra.reason.as_deref() == Some(Reason::ConflictingGrant.code());
+        if !lost_conflict
+            && !matches!(ra.state, AssignmentState::Assigned | AssignmentState::Pending | AssignmentState::Adopted)
+        {
+            continue;
+        }
+        let (Some(role_id), Ok(scope)) = (&ra.role_definition_id, ResourceId::parse(&ra.scope)) else { continue };
+        let Some(guid) = ResourceId::parse(role_id).ok().and_then(|r| crate::azure::guid::parse_guid(r.name())) else {
+            continue;
+        };
+        // The spec entry this status entry describes, by (role, scope) — not by position: a
+        // reordered spec would otherwise lend another entry's condition (a spurious conflict).
+        // None: the spec no longer asks for it, and the next reconcile releases it.
+        let Some(spec) = grant
+            .spec
+            .role_assignments
+            .iter()
+            .find(|s| s.role.eq_ignore_ascii_case(&ra.role) && s.scope.eq_ignore_ascii_case(&ra.scope))
+        else {
+            continue;
+        };
+        claims.push(Claim {
+            name: assignment_name(&principal.principal_id, guid, &scope).to_ascii_lowercase(),
+            condition: spec.condition.clone(),
+            grant: super::grant_key(grant),
+            created: created.clone(),
+        });
+    }
+    claims
+}
+
 
 #[derive(Debug)]
 struct GrantClaims {

@@ -4,6 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::api::Reason;
+
 pub const READY: &str = "Ready";
 pub const IDENTITY_RESOLVED: &str = "IdentityResolved";
 pub const ROLES_RESOLVED: &str = "RolesResolved";
@@ -15,13 +17,13 @@ pub const IN_SYNC: &str = "InSync";
 pub struct Decided {
     pub type_: &'static str,
     pub status: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Decided {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Decided { type_, status, reason: reason.into(), message: message.into() }
+    pub fn new(type_: &'static str, status: bool, reason: Reason, message: impl Into<String>) -> Self {
+        Decided { type_, status, reason, message: message.into() }
     }
 }
 
@@ -40,7 +42,7 @@ pub fn merge(previous: &[Condition], decided: &[Decided], generation: Option<i64
         out.push(Condition {
             type_: d.type_.to_owned(),
             status,
-            reason: d.reason.clone(),
+            reason: d.reason.code().to_owned(),
             // The API caps messages at 32 KiB; keep status small.
             message: d.message.chars().take(4000).collect(),
             observed_generation: generation,
@@ -61,13 +63,13 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_with_status() {
-        let first = merge(&[], &[Decided::new(READY, false, "Pending", "waiting")], Some(1), at(100));
+        let first = merge(&[], &[Decided::new(READY, false, Reason::Pending, "waiting")], Some(1), at(100));
         assert_eq!(first[0].last_transition_time, Time(at(100)));
-        let same = merge(&first, &[Decided::new(READY, false, "Throttled", "still waiting")], Some(2), at(200));
+        let same = merge(&first, &[Decided::new(READY, false, Reason::TooManyRequests, "still waiting")], Some(2), at(200));
         assert_eq!(same[0].last_transition_time, Time(at(100)), "reason changes do not move it");
-        assert_eq!(same[0].reason, "Throttled");
+        assert_eq!(same[0].reason, "TooManyRequests");
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(&same, &[Decided::new(READY, true, "Ready", "ok")], Some(2), at(300));
+        let flipped = merge(&same, &[Decided::new(READY, true, Reason::Ready, "ok")], Some(2), at(300));
         assert_eq!(flipped[0].last_transition_time, Time(at(300)));
     }
 
@@ -75,11 +77,11 @@ mod tests {
     fn keeps_other_types_and_orders_by_type() {
         let a = merge(
             &[],
-            &[Decided::new(READY, true, "Ready", ""), Decided::new(IN_SYNC, true, "InSync", "")],
+            &[Decided::new(READY, true, Reason::Ready, ""), Decided::new(IN_SYNC, true, Reason::InSync, "")],
             None,
             at(1),
         );
-        let b = merge(&a, &[Decided::new(IDENTITY_RESOLVED, true, "Resolved", "")], None, at(2));
+        let b = merge(&a, &[Decided::new(IDENTITY_RESOLVED, true, Reason::Resolved, "")], None, at(2));
         assert_eq!(b.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [IDENTITY_RESOLVED, IN_SYNC, READY]);
     }
 }

@@ -20,6 +20,44 @@ use kube::runtime::events::EventType;
 use kube::{Api, Client};
 use serde_json::json;
 
+use crate::api::Reason;
+
+/// An Event a reconcile decided to publish about its grant; its type follows from the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantEvent {
+    pub reason: Reason,
+    pub note: String,
+}
+
+impl GrantEvent {
+    pub fn new(reason: Reason, note: impl Into<String>) -> Self {
+        GrantEvent { reason, note: note.into() }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        if self.reason.is_warning() { EventType::Warning } else { EventType::Normal }
+    }
+
+    /// One Event per reason (notes joined, first-seen order): a grant with ten assignments makes
+    /// one "Created" Event, not ten API writes. Notes are cut to 1000 characters.
+    pub fn merged(events: Vec<GrantEvent>) -> Vec<GrantEvent> {
+        let mut merged: Vec<GrantEvent> = Vec::new();
+        for event in events {
+            match merged.iter_mut().find(|m| m.reason == event.reason) {
+                Some(m) => {
+                    m.note.push_str("; ");
+                    m.note.push_str(&event.note);
+                }
+                None => merged.push(event),
+            }
+        }
+        for m in &mut merged {
+            m.note = m.note.chars().take(1000).collect();
+        }
+        merged
+    }
+}
+
 /// How long a repeat is folded into the earlier Event (kube-runtime uses the same).
 const SERIES_WINDOW: Duration = Duration::from_secs(360);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -128,5 +166,24 @@ impl EventPublisher {
     /// Recent Events remembered for folding (for tests and gauges).
     pub fn remembered(&self) -> usize {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).sent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_one_per_reason_in_order_and_typed_by_reason() {
+        let merged = GrantEvent::merged(vec![
+            GrantEvent::new(Reason::Created, "a"),
+            GrantEvent::new(Reason::DriftCorrected, "b"),
+            GrantEvent::new(Reason::Created, "c"),
+        ]);
+        assert_eq!(merged, vec![GrantEvent::new(Reason::Created, "a; c"), GrantEvent::new(Reason::DriftCorrected, "b")]);
+        assert_eq!(merged[0].event_type(), EventType::Normal);
+        assert_eq!(merged[1].event_type(), EventType::Warning);
+        let long = GrantEvent::merged(vec![GrantEvent::new(Reason::Deleted, "x".repeat(5000))]);
+        assert_eq!(long[0].note.chars().count(), 1000);
     }
 }

@@ -7,13 +7,19 @@
 //! - `claims.rs`: which grants claim which assignment names (shared tuples, conflicts).
 
 pub mod claims;
+pub mod concurrency;
 pub mod conditions;
+pub mod decide;
 pub mod events;
+pub mod execute;
+pub mod index;
 pub mod lenient;
 pub mod plan;
 pub mod policy_status;
 pub mod reconcile;
+pub mod report;
 pub mod resolve;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -23,11 +29,9 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::Api;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -80,24 +84,25 @@ impl Default for ControllerSettings {
     }
 }
 
-/// Shared by every reconcile.
+/// Shared by every reconcile: the clients, and the state owners each with a narrow API.
 pub struct Context {
     pub client: kube::Client,
     pub arm: ArmClients,
+    /// Identities and roles, cached per credential.
     pub resolver: Resolver,
+    /// Each scope's assignments as last listed (the drift check's memory).
     pub scopes: ScopeAssignments,
+    /// Which grant claims which assignment name (shared tuples, conflicts).
+    pub claims: claims::ClaimIndex,
+    /// Grants, GrantPolicies and Namespaces as the watches last saw them.
+    pub index: index::ClusterIndex,
+    /// ARM requests in flight per subscription, and one writer per assignment.
+    pub concurrency: concurrency::Concurrency,
+    /// Each grant's backoff.
+    pub backoff: retry::Backoff,
     pub events: events::EventPublisher,
     pub settings: ControllerSettings,
     pub metrics: Arc<crate::telemetry::Metrics>,
-    stores: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
-    policies: OnceLock<Store<GrantPolicy>>,
-    namespaces: OnceLock<Store<Namespace>>,
-    attempts: Mutex<HashMap<String, u32>>,
-    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Each grant's claimed assignments, indexed by assignment name.
-    pub claims: claims::ClaimIndex,
-    /// One writer per assignment name: grants sharing a tuple must not PUT it twice at once.
-    writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
     triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
     /// Set once the readiness probe runs (see [`spawn_readiness`]).
@@ -121,38 +126,20 @@ impl Context {
             // The scope refresher lists every scope once per resync; grants list a scope
             // themselves only when that has not happened for longer.
             scopes: ScopeAssignments::new(settings.resync_interval.mul_f64(1.5)),
+            claims: claims::ClaimIndex::default(),
+            index: index::ClusterIndex::default(),
+            concurrency: concurrency::Concurrency::new(settings.max_arm_requests_per_subscription),
+            backoff: retry::Backoff::new(settings.resync_interval, settings.slow_retry),
             settings,
             metrics,
-            stores: OnceLock::new(),
-            policies: OnceLock::new(),
-            namespaces: OnceLock::new(),
-            attempts: Mutex::default(),
-            gates: Mutex::default(),
             triggers: Mutex::default(),
-            writers: Mutex::default(),
-            claims: claims::ClaimIndex::default(),
             readiness: OnceLock::new(),
         }
-    }
-
-    /// Waits until no other reconcile is writing the assignment `name`; the guard holds it.
-    pub async fn assignment_writer(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-            // Forget locks nobody holds or waits for.
-            writers.retain(|_, l| Arc::strong_count(l) > 1);
-            writers.entry(name.to_ascii_lowercase()).or_default().clone()
-        };
-        lock.lock_owned().await
     }
 
     /// Wakes every grant that asks for, or manages, an assignment at one of `scopes`.
     pub fn reconcile_grants_at(&self, scopes: &[ResourceId]) {
         let scopes: std::collections::HashSet<String> = scopes.iter().map(ResourceId::normalized).collect();
-        let assignment_scope = |id: &str| {
-            let lower = id.to_ascii_lowercase();
-            lower.find("/providers/microsoft.authorization/roleassignments/").map(|at| lower[..at].to_owned())
-        };
         self.wake_grants(|grant| {
             let wanted = grant
                 .spec
@@ -160,9 +147,7 @@ impl Context {
                 .iter()
                 .any(|ra| ResourceId::parse(&ra.scope).is_ok_and(|scope| scopes.contains(&scope.normalized())));
             let managed = grant.status.iter().flat_map(|s| &s.managed_assignments).any(|id| {
-                assignment_scope(id)
-                    .and_then(|s| ResourceId::parse(&s).ok())
-                    .is_some_and(|s| scopes.contains(&s.normalized()))
+                crate::azure::RoleAssignmentId::parse(id).is_some_and(|id| scopes.contains(&id.scope().normalized()))
             });
             wanted || managed
         });
@@ -171,7 +156,7 @@ impl Context {
     /// Reconciles, out of schedule, every known grant `affected` selects.
     pub fn wake_grants(&self, affected: impl Fn(&DatabricksIdentityGrant) -> bool) {
         let triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
-        for grant in self.grants() {
+        for grant in self.index.grants() {
             if !affected(&grant) {
                 continue;
             }
@@ -183,87 +168,11 @@ impl Context {
             }
         }
     }
+}
 
-    /// Every grant the controllers currently know.
-    pub fn grants(&self) -> Vec<Arc<DatabricksIdentityGrant>> {
-        self.stores.get().map(|stores| stores.iter().flat_map(Store::state).collect()).unwrap_or_default()
-    }
-
-    /// Every GrantPolicy the operator knows.
-    pub fn policies(&self) -> Vec<Arc<GrantPolicy>> {
-        self.policies.get().map(Store::state).unwrap_or_default()
-    }
-
-    /// Labels of a namespace (empty when unknown).
-    pub fn namespace_labels(&self, name: &str) -> std::collections::BTreeMap<String, String> {
-        self.namespaces
-            .get()
-            .and_then(|s| s.get(&ObjectRef::new(name)))
-            .and_then(|ns| ns.metadata.labels.clone())
-            .unwrap_or_default()
-    }
-
-    /// Whether a namespace is being deleted (its grants' Secrets may already be gone).
-    pub fn namespace_terminating(&self, name: &str) -> bool {
-        self.namespaces.get().and_then(|s| s.get(&ObjectRef::new(name))).is_some_and(|ns| {
-            ns.metadata.deletion_timestamp.is_some()
-                || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
-        })
-    }
-
-    /// Names of every namespace the operator knows.
-    pub fn namespace_names(&self) -> Vec<String> {
-        self.namespaces
-            .get()
-            .map(|s| s.state().iter().filter_map(|n| n.metadata.name.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Waits for a slot among the in-flight ARM requests of `scope`'s subscription.
-    pub async fn arm_permit(&self, scope: &ResourceId) -> Option<OwnedSemaphorePermit> {
-        let key = scope.subscription_id().unwrap_or("tenant").to_ascii_lowercase();
-        let gate = self
-            .gates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_arm_requests_per_subscription.max(1))))
-            .clone();
-        gate.acquire_owned().await.ok()
-    }
-
-    pub(crate) fn jitter(d: Duration, share: f64) -> Duration {
-        let factor = rand::rng().random_range((1.0 - share)..=(1.0 + share));
-        d.mul_f64(factor)
-    }
-
-    /// Exponential backoff with jitter (1 s doubling, at most 5 min); a longer Retry-After wins.
-    pub fn backoff(&self, key: &str, retry_after: Option<Duration>) -> Duration {
-        let attempt = {
-            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-            let n = attempts.entry(key.to_owned()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        };
-        let base = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(Duration::from_secs(300));
-        Self::jitter(base, 0.2).max(retry_after.unwrap_or_default())
-    }
-
-    pub fn reset_backoff(&self, key: &str) {
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    pub fn slow_retry(&self) -> Duration {
-        Self::jitter(self.settings.slow_retry, 0.1)
-    }
-
-    fn action(&self, key: &str, retry: reconcile::RetryClass) -> Action {
-        match retry {
-            reconcile::RetryClass::Resync => Action::requeue(Self::jitter(self.settings.resync_interval, 0.1)),
-            reconcile::RetryClass::Soon(after) => Action::requeue(self.backoff(key, after)),
-            reconcile::RetryClass::Slowly => Action::requeue(self.slow_retry()),
-        }
-    }
+/// `namespace/name` of a grant: its key in logs, backoff and claims.
+pub fn grant_key(grant: &DatabricksIdentityGrant) -> String {
+    format!("{}/{}", grant.namespace().unwrap_or_default(), grant.name_any())
 }
 
 /// Readiness, the same for a leader and a standby: the API server answers and serves the grant
@@ -299,7 +208,7 @@ pub fn spawn_readiness(ctx: &Arc<Context>) {
 fn spawn_gauges(ctx: Arc<Context>) {
     tokio::spawn(async move {
         loop {
-            let grants = ctx.grants();
+            let grants = ctx.index.grants();
             let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
             let mut managed = 0i64;
             for g in &grants {
@@ -342,7 +251,7 @@ fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiv
                 .map(|scope| {
                     let (ctx, arm) = (ctx.clone(), arm.clone());
                     async move {
-                        let _permit = ctx.arm_permit(&scope).await;
+                        let _permit = ctx.concurrency.arm_permit(&scope).await;
                         match ctx.scopes.refresh(&arm, &scope).await {
                             Ok(true) => Some(scope),
                             Ok(false) => None,
@@ -511,11 +420,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             Controller::for_stream(grants, reader).with_config(config.clone()).reconcile_on(triggered)
         })
         .collect();
-    let _ = ctx.stores.set(controllers.iter().map(Controller::store).collect());
+    ctx.index.set_grants(controllers.iter().map(Controller::store).collect());
     let (policy_status, policy_events) = futures::channel::mpsc::unbounded();
     let policy_reader = spawn_policy_watch(ctx.clone(), policy_status);
-    let _ = ctx.policies.set(policy_reader.clone());
-    let _ = ctx.namespaces.set(spawn_namespace_watch(ctx.clone()));
+    ctx.index.set_policies(policy_reader.clone());
+    ctx.index.set_namespaces(spawn_namespace_watch(ctx.clone()));
     spawn_gauges(ctx.clone());
     spawn_scope_refresher(ctx.clone(), shutdown.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");

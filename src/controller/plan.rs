@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::api::PrincipalType;
 use crate::api::validation::AbacCondition;
-use crate::azure::ResourceId;
+use crate::azure::{ResourceId, RoleAssignmentId};
 use crate::azure::models::RoleAssignment;
 
 /// Namespace of the UUID v5 assignment names (fixed forever: changing it would orphan every
@@ -20,11 +20,6 @@ const ASSIGNMENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1b_3c58_92a4_4f0e_b7c1_5e
 pub fn assignment_name(principal_id: &str, role_guid: Uuid, scope: &ResourceId) -> String {
     let key = format!("{}|{}|{}", principal_id.to_ascii_lowercase(), role_guid, scope.normalized());
     Uuid::new_v5(&ASSIGNMENT_NAMESPACE, key.as_bytes()).to_string()
-}
-
-/// The ARM id of an assignment.
-pub fn assignment_id(scope: &ResourceId, name: &str) -> String {
-    format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}")
 }
 
 /// One assignment the grant wants, resolved.
@@ -113,9 +108,8 @@ pub enum Step {
 pub struct Plan {
     /// One step per desired assignment, same order.
     pub steps: Vec<Step>,
-    /// Assignments this grant created that it no longer wants and no other grant wants:
-    /// `(scope, name)`.
-    pub deletions: Vec<(ResourceId, String)>,
+    /// Assignments this grant created that it no longer wants and no other grant wants.
+    pub deletions: Vec<RoleAssignmentId>,
     /// Names this grant created and no longer wants, but another live grant still does: they
     /// leave this grant's record without being deleted.
     pub released: Vec<String>,
@@ -168,14 +162,14 @@ fn condition_text(c: &Option<AbacCondition>) -> Option<&str> {
 ///
 /// - `observed`: assignments listed at the grant's scopes (inherited ones included; only exact
 ///   scope matches count);
-/// - `managed`: `(scope, name)` of the assignments this grant created earlier (its record in
-///   status);
+/// - `managed`: the assignments this grant created earlier (its record in status);
+/// - `creating`: its writes whose outcome was never recorded (the write-ahead record);
 /// - `me`: this grant's [`Precedence`] in condition conflicts.
 pub fn plan(
     desired: &[DesiredAssignment],
     observed: &[ObservedAssignment],
-    managed: &[(ResourceId, String)],
-    creating: &[(ResourceId, String)],
+    managed: &[RoleAssignmentId],
+    creating: &[RoleAssignmentId],
     others: &OtherGrants,
     me: &Precedence,
 ) -> Plan {
@@ -201,7 +195,7 @@ pub fn plan(
             o.principal_id.eq_ignore_ascii_case(&d.principal_id) && o.role_guid == d.role_guid && o.scope == d.scope
         });
         let step = match same_tuple {
-            None => Step::Create { drift: managed.iter().any(|(_, m)| m.eq_ignore_ascii_case(&d.name)) },
+            None => Step::Create { drift: managed.iter().any(|m| m.has_name(&d.name)) },
             Some(o) if o.name.eq_ignore_ascii_case(&d.name) => {
                 if is_as_desired(o, d) {
                     Step::InSync
@@ -220,8 +214,8 @@ pub fn plan(
     // Writes whose outcome was never recorded may have created the assignment: removed like
     // recorded ones when no longer wanted (a 404 then is fine), but never counted as drift.
     let mut candidates: HashSet<String> = HashSet::new();
-    for (scope, name) in managed.iter().chain(creating) {
-        let name = name.to_ascii_lowercase();
+    for id in managed.iter().chain(creating) {
+        let name = id.name().to_ascii_lowercase();
         if wanted.contains(&name) || !candidates.insert(name.clone()) {
             continue;
         }
@@ -229,7 +223,7 @@ pub fn plan(
             out.released.push(name);
         } else {
             // Deleting one already gone is a no-op (204), so no list is needed first.
-            out.deletions.push((scope.clone(), name));
+            out.deletions.push(RoleAssignmentId::new(id.scope().clone(), name));
         }
     }
     let principal = desired.first().map(|d| d.principal_id.to_ascii_lowercase());
@@ -239,7 +233,7 @@ pub fn plan(
         let at_our_scope = scopes.iter().any(|s| **s == o.scope);
         let declared = wanted.contains(&o.name)
             || others.wanted.contains(&o.name)
-            || managed.iter().any(|(_, m)| m.eq_ignore_ascii_case(&o.name))
+            || managed.iter().any(|m| m.has_name(&o.name))
             || desired.iter().any(|d| d.role_guid == o.role_guid && d.scope == o.scope);
         if ours && at_our_scope && !declared && !out.unmanaged.iter().any(|u| u.name == o.name) {
             out.unmanaged.push(o.clone());
@@ -283,7 +277,7 @@ mod tests {
 
     fn observed_from(d: &DesiredAssignment, name: &str) -> ObservedAssignment {
         ObservedAssignment {
-            id: assignment_id(&d.scope, name),
+            id: RoleAssignmentId::new(d.scope.clone(), name).to_string(),
             name: name.into(),
             scope: d.scope.clone(),
             role_guid: d.role_guid,
@@ -325,7 +319,7 @@ mod tests {
         let p = plan(
             &want,
             &observed,
-            &[(want[3].scope.clone(), want[3].name.clone())],
+            &[id_of(&want[3])],
             &[],
             &OtherGrants::default(),
             &me("2026-01-01T00:00:00Z"),
@@ -346,9 +340,9 @@ mod tests {
         let want = vec![desired(0, "rg-new", 1, None)];
         let observed = vec![observed_from(&old, &old.name), observed_from(&shared, &shared.name)];
         let others = OtherGrants { wanted: [shared.name.clone()].into(), claims: vec![] };
-        let managed = [(old.scope.clone(), old.name.clone()), (shared.scope.clone(), shared.name.clone())];
+        let managed = [id_of(&old), id_of(&shared)];
         let p = plan(&want, &observed, &managed, &[], &others, &me("t"));
-        assert_eq!(p.deletions, vec![(old.scope.clone(), old.name.clone())]);
+        assert_eq!(p.deletions, vec![id_of(&old)]);
         assert_eq!(p.released, vec![shared.name.clone()]);
         assert_eq!(p.steps, vec![Step::Create { drift: false }]);
     }
@@ -358,17 +352,18 @@ mod tests {
         let written_then_changed = desired(0, "rg-old", 1, None);
         let still_wanted = desired(0, "rg-new", 1, None);
         let want = vec![still_wanted.clone()];
-        let creating = [
-            (written_then_changed.scope.clone(), written_then_changed.name.clone()),
-            (still_wanted.scope.clone(), still_wanted.name.clone()),
-        ];
+        let creating = [id_of(&written_then_changed), id_of(&still_wanted)];
         let p = plan(&want, &[], &[], &creating, &OtherGrants::default(), &me("t"));
-        assert_eq!(p.deletions, vec![(written_then_changed.scope.clone(), written_then_changed.name.clone())]);
+        assert_eq!(p.deletions, vec![id_of(&written_then_changed)]);
         assert_eq!(p.steps, vec![Step::Create { drift: false }], "a write never confirmed is not drift");
         // Recorded as both (a write confirmed by a list before its status update): one deletion.
-        let both = [(written_then_changed.scope.clone(), written_then_changed.name.clone())];
+        let both = [id_of(&written_then_changed)];
         let p = plan(&[], &[], &both, &both, &OtherGrants::default(), &me("t"));
         assert_eq!(p.deletions.len(), 1);
+    }
+
+    fn id_of(d: &DesiredAssignment) -> RoleAssignmentId {
+        RoleAssignmentId::new(d.scope.clone(), d.name.clone())
     }
 
     fn me(created: &str) -> Precedence {

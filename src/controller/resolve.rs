@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::api::PrincipalType;
+use crate::api::{PrincipalType, Reason};
 use crate::api::validation::ValidatedIdentity;
 use crate::azure::models::{Permission, RoleAssignment, RoleDefinition};
 use crate::azure::role_ref::ROLE_DEFINITION_TYPE;
@@ -24,35 +24,37 @@ pub struct Principal {
     pub identity_resource_id: Option<String>,
 }
 
-/// Why an identity did not resolve. `reason` is the condition reason.
+/// Why an identity or a role did not resolve: the reason (which says whether retrying helps)
+/// and a message naming what was looked up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {message}")]
-pub struct IdentityError {
-    pub reason: &'static str,
+pub struct ResolveError {
+    pub reason: Reason,
     pub message: String,
-    /// Retrying may help (throttling, outages) — unlike a missing workspace.
-    pub retryable: bool,
+    /// How long Azure asked to wait, when it said.
     pub retry_after: Option<Duration>,
 }
 
-impl IdentityError {
-    fn from_arm(not_found_reason: &'static str, what: &str, e: &ArmError) -> Self {
+impl ResolveError {
+    /// An ARM failure looking up `what`: a 404 is `not_found`, the rest as ARM's error says.
+    fn from_arm(not_found: Reason, what: &str, e: &ArmError) -> Self {
         let reason = match e {
-            ArmError::NotFound { .. } => not_found_reason,
-            ArmError::AuthorizationFailed { .. } => "AuthorizationFailed",
-            e if e.is_retryable() => "AzureUnavailable",
-            _ => "AzureError",
+            ArmError::NotFound { .. } => not_found,
+            ArmError::AuthorizationFailed { .. } => Reason::AuthorizationFailed,
+            e if e.is_retryable() => Reason::AzureUnavailable,
+            _ => Reason::AzureError,
         };
-        IdentityError {
-            reason,
-            message: format!("{what}: {e}"),
-            retryable: e.is_retryable(),
-            retry_after: e.retry_after(),
-        }
+        ResolveError { reason, message: format!("{what}: {e}"), retry_after: e.retry_after() }
     }
 
-    fn missing(reason: &'static str, message: String) -> Self {
-        IdentityError { reason, message, retryable: false, retry_after: None }
+    /// Azure answered, and what was looked for is not there.
+    fn missing(reason: Reason, message: String) -> Self {
+        ResolveError { reason, message, retry_after: None }
+    }
+
+    /// Retrying may help (throttling, outages), unlike a missing workspace.
+    pub fn retryable(&self) -> bool {
+        self.reason.retryable()
     }
 }
 
@@ -63,16 +65,6 @@ pub struct ResolvedRole {
     pub guid: Uuid,
     pub role_name: String,
     pub permissions: Vec<Permission>,
-}
-
-/// Why a role did not resolve.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {message}")]
-pub struct RoleError {
-    pub reason: &'static str,
-    pub message: String,
-    pub retryable: bool,
-    pub retry_after: Option<Duration>,
 }
 
 struct Entry<T> {
@@ -110,9 +102,20 @@ impl Resolver {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(&prefix));
     }
 
+    /// Forgets every cached lookup that resolved to this role definition (e.g. after Azure
+    /// answered a write with RoleDefinitionDoesNotExist): the next reconcile looks it up again
+    /// and reports RoleNotFound through `RolesResolved`, instead of writing with it until the
+    /// cache expires.
+    pub fn forget_role_definition(&self, role_definition_id: &str) {
+        self.roles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, e| !e.value.role_definition_id.eq_ignore_ascii_case(role_definition_id));
+    }
+
     /// Cached per credential (`arm`'s): a grant with its own credential never gets an answer
     /// only the operator's identity (or another grant's) could read.
-    pub async fn principal(&self, arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, IdentityError> {
+    pub async fn principal(&self, arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, ResolveError> {
         let key = format!("{}@{}", identity_key(identity), arm.credential_key());
         if let Some(p) = get_fresh(&self.identities, &key, self.ttl) {
             return Ok(p);
@@ -127,7 +130,7 @@ impl Resolver {
         arm: &ArmClient,
         role: &RoleRef,
         scope: &ResourceId,
-    ) -> Result<Arc<ResolvedRole>, RoleError> {
+    ) -> Result<Arc<ResolvedRole>, ResolveError> {
         // Built-in GUIDs are global; names and custom roles are looked up where they are used.
         let key = match role {
             RoleRef::Name(name) => format!("name|{}|{}", name.to_ascii_lowercase(), scope.normalized()),
@@ -177,7 +180,7 @@ fn identity_key(identity: &ValidatedIdentity) -> String {
     }
 }
 
-async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, IdentityError> {
+async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, ResolveError> {
     match identity {
         ValidatedIdentity::Principal { principal_id, principal_type } => Ok(Principal {
             principal_id: principal_id.to_string(),
@@ -189,10 +192,10 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
             let ws = arm
                 .get_workspace(workspace)
                 .await
-                .map_err(|e| IdentityError::from_arm("WorkspaceNotFound", &format!("workspace {workspace}"), &e))?;
+                .map_err(|e| ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e))?;
             let managed_rg = ResourceId::parse(&ws.properties.managed_resource_group_id).map_err(|e| {
-                IdentityError::missing(
-                    "NoManagedIdentity",
+                ResolveError::missing(
+                    Reason::NoManagedIdentity,
                     format!(
                         "workspace {workspace} reports managed resource group '{}': {e}",
                         ws.properties.managed_resource_group_id
@@ -205,8 +208,8 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
                 "dbmanagedidentity",
             );
             let uai = arm.get_user_assigned_identity(&id).await.map_err(|e| {
-                IdentityError::from_arm(
-                    "NoManagedIdentity",
+                ResolveError::from_arm(
+                    Reason::NoManagedIdentity,
                     &format!("dbmanagedidentity of workspace {workspace} ({id})"),
                     &e,
                 )
@@ -222,15 +225,15 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
             let ws = arm
                 .get_workspace(workspace)
                 .await
-                .map_err(|e| IdentityError::from_arm("WorkspaceNotFound", &format!("workspace {workspace}"), &e))?;
+                .map_err(|e| ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e))?;
             let Some(link) = ws.properties.access_connector else {
-                return Err(IdentityError::missing(
-                    "NoLinkedAccessConnector",
+                return Err(ResolveError::missing(
+                    Reason::NoLinkedAccessConnector,
                     format!("workspace {workspace} links no Access Connector (properties.accessConnector)"),
                 ));
             };
             let connector = ResourceId::parse(&link.id).map_err(|e| {
-                IdentityError::missing("AccessConnectorNotFound", format!("workspace links '{}': {e}", link.id))
+                ResolveError::missing(Reason::AccessConnectorNotFound, format!("workspace links '{}': {e}", link.id))
             })?;
             let user_assigned = match link
                 .user_assigned_identity_id
@@ -238,8 +241,8 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
                 .filter(|_| link.identity_type.eq_ignore_ascii_case("UserAssigned"))
             {
                 Some(uai) => Some(ResourceId::parse(uai).map_err(|e| {
-                    IdentityError::missing(
-                        "AccessConnectorHasNoIdentity",
+                    ResolveError::missing(
+                        Reason::AccessConnectorHasNoIdentity,
                         format!("workspace names user-assigned identity '{uai}': {e}"),
                     )
                 })?),
@@ -257,13 +260,13 @@ async fn connector_principal(
     arm: &ArmClient,
     connector: &ResourceId,
     user_assigned: Option<&ResourceId>,
-) -> Result<Principal, IdentityError> {
+) -> Result<Principal, ResolveError> {
     let ac = arm.get_access_connector(connector).await.map_err(|e| {
-        IdentityError::from_arm("AccessConnectorNotFound", &format!("access connector {connector}"), &e)
+        ResolveError::from_arm(Reason::AccessConnectorNotFound, &format!("access connector {connector}"), &e)
     })?;
     let identity = ac.identity.ok_or_else(|| {
-        IdentityError::missing(
-            "AccessConnectorHasNoIdentity",
+        ResolveError::missing(
+            Reason::AccessConnectorHasNoIdentity,
             format!("access connector {connector} has no managed identity"),
         )
     })?;
@@ -274,8 +277,8 @@ async fn connector_principal(
                 .iter()
                 .find(|(id, _)| ResourceId::parse(id).is_ok_and(|id| id == *uai));
             let Some((_, entry)) = entry else {
-                return Err(IdentityError::missing(
-                    "UserAssignedIdentityNotAttached",
+                return Err(ResolveError::missing(
+                    Reason::UserAssignedIdentityNotAttached,
                     format!("access connector {connector} does not carry user-assigned identity {uai}"),
                 ));
             };
@@ -284,8 +287,8 @@ async fn connector_principal(
         None => (identity.principal_id.clone(), connector.to_string()),
     };
     let principal = principal.filter(|p| !p.is_empty()).ok_or_else(|| {
-        IdentityError::missing(
-            "AccessConnectorHasNoIdentity",
+        ResolveError::missing(
+            Reason::AccessConnectorHasNoIdentity,
             format!(
                 "access connector {connector} reports no principalId for {}",
                 user_assigned.map_or("its system-assigned identity".to_owned(), |u| u.to_string())
@@ -300,19 +303,12 @@ async fn connector_principal(
     })
 }
 
-fn role_error(role: &RoleRef, e: &ArmError) -> RoleError {
-    let reason = match e {
-        ArmError::RoleDefinitionDoesNotExist { .. } | ArmError::NotFound { .. } => "RoleNotFound",
-        ArmError::AuthorizationFailed { .. } => "AuthorizationFailed",
-        e if e.is_retryable() => "AzureUnavailable",
-        _ => "AzureError",
-    };
-    RoleError {
-        reason,
-        message: format!("role '{role}': {e}"),
-        retryable: e.is_retryable(),
-        retry_after: e.retry_after(),
+fn role_error(role: &RoleRef, e: &ArmError) -> ResolveError {
+    let mut error = ResolveError::from_arm(Reason::RoleNotFound, &format!("role '{role}'"), e);
+    if matches!(e, ArmError::RoleDefinitionDoesNotExist { .. }) {
+        error.reason = Reason::RoleNotFound;
     }
+    error
 }
 
 fn resolved(def: RoleDefinition) -> Option<ResolvedRole> {
@@ -325,23 +321,16 @@ fn resolved(def: RoleDefinition) -> Option<ResolvedRole> {
     })
 }
 
-async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Result<ResolvedRole, RoleError> {
-    let not_found = |detail: String| RoleError {
-        reason: "RoleNotFound",
-        message: format!("role '{role}' {detail}"),
-        retryable: false,
-        retry_after: None,
-    };
+async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Result<ResolvedRole, ResolveError> {
+    let not_found = |detail: String| ResolveError::missing(Reason::RoleNotFound, format!("role '{role}' {detail}"));
     match role {
         RoleRef::Name(name) => {
             let found = arm.find_role_definitions(scope, name).await.map_err(|e| match e {
                 // Roles are looked up by name at the scope: a 404 there means the scope is gone.
-                ArmError::NotFound { .. } => RoleError {
-                    reason: "ScopeNotFound",
-                    message: format!("scope {scope} does not exist (looking up role '{role}' there): {e}"),
-                    retryable: false,
-                    retry_after: None,
-                },
+                ArmError::NotFound { .. } => ResolveError::missing(
+                    Reason::ScopeNotFound,
+                    format!("scope {scope} does not exist (looking up role '{role}' there): {e}"),
+                ),
                 e => role_error(role, &e),
             })?;
             match found.len() {
@@ -351,12 +340,10 @@ async fn resolve_role(arm: &ArmClient, role: &RoleRef, scope: &ResourceId) -> Re
                     .next()
                     .and_then(resolved)
                     .ok_or_else(|| not_found("came back without a GUID".into())),
-                n => Err(RoleError {
-                    reason: "AmbiguousRole",
-                    message: format!("{n} role definitions are named '{name}' at {scope}; name the role by GUID"),
-                    retryable: false,
-                    retry_after: None,
-                }),
+                n => Err(ResolveError::missing(
+                    Reason::AmbiguousRole,
+                    format!("{n} role definitions are named '{name}' at {scope}; name the role by GUID"),
+                )),
             }
         }
         RoleRef::Guid(guid) => {
@@ -428,7 +415,7 @@ fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
 }
 
 fn id_at(scope: &str, name: &str) -> String {
-    format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}")
+    crate::azure::RoleAssignmentId::format(scope, name)
 }
 
 /// A cached entry without its `id` and `properties.scope` when those are just the list's scope

@@ -84,16 +84,9 @@ pub enum DenialReason {
 }
 
 impl DenialReason {
+    /// Its reason code (see [`crate::api::Reason`]).
     pub fn as_str(self) -> &'static str {
-        match self {
-            DenialReason::NoGrantPolicy => "NoGrantPolicy",
-            DenialReason::IdentityNotAllowed => "IdentityNotAllowed",
-            DenialReason::RoleNotAllowed => "RoleNotAllowed",
-            DenialReason::ScopeNotAllowed => "ScopeNotAllowed",
-            DenialReason::PrivilegedRole => "PrivilegedRole",
-            DenialReason::DataRoleOnWorkspaceIdentity => "DataRoleOnWorkspaceIdentity",
-            DenialReason::TooManyAssignments => "TooManyAssignments",
-        }
+        crate::api::Reason::from(self).code()
     }
 }
 

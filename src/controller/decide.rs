@@ -1,0 +1,485 @@
+//! The pure middle of a reconcile: given what was read (the validated spec, the identity and
+//! roles resolved, the policy verdicts, the assignments observed at the grant's scopes, what
+//! other grants claim, and the grant's own records), decide each entry's outcome and the writes
+//! and removals to make. No I/O: every rule is unit-tested in `decide_tests.rs`.
+//!
+//! A reconcile is `gather` (reconcile.rs, reads) → [`judge`] and [`desired_assignments`] →
+//! [`decide`] → `execute` (writes) → `report` (status, conditions, Events).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::conditions::{self, Decided};
+use super::events::GrantEvent;
+use super::plan::{DesiredAssignment, ObservedAssignment, OtherGrants, Precedence, Step, assignment_name, plan};
+use super::resolve::{Principal, ResolveError, ResolvedRole};
+use super::retry::RetryClass;
+use crate::api::validation::{ValidatedGrant, ValidatedIdentity};
+use crate::api::{
+    AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, PrincipalStatus, Reason,
+    RoleAssignmentStatus, UnmanagedAssignment,
+};
+use crate::azure::{ArmError, RoleAssignmentId};
+use crate::policy::evaluate::{DenialReason, Governing, PolicyMode, Request, RoleFacts, Verdict, evaluate};
+
+/// How one entry's role lookup went.
+#[derive(Debug, Clone)]
+pub enum RoleLookup {
+    /// Not looked up: the entry was denied before Azure was asked, or there is no principal.
+    NotAsked,
+    Resolved(Arc<ResolvedRole>),
+    Failed(ResolveError),
+}
+
+/// What the GrantPolicies decided for a grant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyVerdicts {
+    /// `(spec index, reason, message)` of denied entries, by index.
+    pub denials: Vec<(usize, Reason, String)>,
+    pub warnings: Vec<String>,
+    pub allowed_by: BTreeSet<String>,
+}
+
+impl PolicyVerdicts {
+    /// Whether entry `index` is denied.
+    pub fn denies(&self, index: usize) -> bool {
+        self.denials.iter().any(|(i, _, _)| *i == index)
+    }
+
+    /// The `PolicyCompliant` condition.
+    pub fn condition(&self) -> Decided {
+        if let Some((_, reason, _)) = self.denials.first() {
+            let list = self.denials.iter().map(|(i, r, m)| format!("#{i}: {r}: {m}")).collect::<Vec<_>>().join("; ");
+            return Decided::new(
+                conditions::POLICY_COMPLIANT,
+                false,
+                *reason,
+                format!("{} assignment(s) denied: {list}", self.denials.len()),
+            );
+        }
+        let by = self.allowed_by.iter().cloned().collect::<Vec<_>>().join(", ");
+        let mut message = if by.is_empty() { "no assignment to judge".to_owned() } else { format!("allowed by {by}") };
+        for w in &self.warnings {
+            message.push_str("; warning: ");
+            message.push_str(w);
+        }
+        let reason = if self.warnings.is_empty() { Reason::Compliant } else { Reason::CompliantWithWarnings };
+        Decided::new(conditions::POLICY_COMPLIANT, true, reason, message)
+    }
+}
+
+/// What policies match identities against: the identity's ARM id, or `/principals/<id>`.
+pub fn policy_identity(identity: &ValidatedIdentity) -> String {
+    match identity {
+        ValidatedIdentity::Principal { principal_id, .. } => format!("/principals/{principal_id}"),
+        other => other.policy_resource_id().map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+/// The policy pre-gate, before anything is read from Azure: identity and scope patterns on the
+/// parsed ids, per entry. What no policy could allow costs no ARM call, and is denied the same
+/// way whether or not the identity or scope exists (no existence oracle over what the
+/// operator's identity can read).
+pub fn prejudge(
+    governing: &[Governing<'_>],
+    mode: PolicyMode,
+    identity: &str,
+    validated: &ValidatedGrant,
+) -> Vec<Option<(DenialReason, String)>> {
+    validated
+        .role_assignments
+        .iter()
+        .map(|ra| crate::policy::evaluate::prejudge(governing, mode, identity, &ra.scope))
+        .collect()
+}
+
+/// The policy verdicts: the pre-gate's denials, and each resolved role judged at its scope.
+pub fn judge(
+    governing: &[Governing<'_>],
+    mode: PolicyMode,
+    validated: &ValidatedGrant,
+    identity: &str,
+    roles: &[RoleLookup],
+    prejudged: Vec<Option<(DenialReason, String)>>,
+) -> PolicyVerdicts {
+    let workspace_managed_identity = matches!(validated.identity, ValidatedIdentity::WorkspaceManagedIdentity { .. });
+    let mut verdicts = PolicyVerdicts::default();
+    for (index, ra) in validated.role_assignments.iter().enumerate() {
+        let Some(RoleLookup::Resolved(role)) = roles.get(index) else { continue };
+        let request = Request {
+            identity: identity.to_owned(),
+            workspace_managed_identity,
+            role: RoleFacts { guid: role.guid, name: &role.role_name, permissions: &role.permissions },
+            scope: &ra.scope,
+            position: index,
+        };
+        match evaluate(governing, mode, &request) {
+            Verdict::Allowed { by, warning } => {
+                verdicts.allowed_by.insert(by);
+                verdicts.warnings.extend(warning);
+            }
+            Verdict::Denied { reason, message } => verdicts.denials.push((index, reason.into(), message)),
+        }
+    }
+    verdicts.denials.extend(
+        prejudged.into_iter().enumerate().filter_map(|(i, d)| d.map(|(reason, message)| (i, reason.into(), message))),
+    );
+    verdicts.denials.sort_by_key(|d| d.0);
+    verdicts
+}
+
+/// The assignments the grant wants: each entry whose role resolved and that no policy denies.
+pub fn desired_assignments(
+    validated: &ValidatedGrant,
+    principal: Option<&Principal>,
+    roles: &[RoleLookup],
+    verdicts: &PolicyVerdicts,
+) -> Vec<DesiredAssignment> {
+    let Some(principal) = principal else { return Vec::new() };
+    validated
+        .role_assignments
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !verdicts.denies(*index))
+        .filter_map(|(index, ra)| {
+            let Some(RoleLookup::Resolved(role)) = roles.get(index) else { return None };
+            Some(DesiredAssignment {
+                index,
+                name: assignment_name(&principal.principal_id, role.guid, &ra.scope),
+                scope: ra.scope.clone(),
+                role_definition_id: role.role_definition_id.clone(),
+                role_guid: role.guid,
+                principal_id: principal.principal_id.clone(),
+                principal_type: principal.principal_type,
+                condition: ra.condition.clone(),
+                description: ra.description.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The assignment names whose claims by other grants matter to this one.
+pub fn relevant_names(
+    desired: &[DesiredAssignment],
+    previous: &DatabricksIdentityGrantStatus,
+    observed: &[ObservedAssignment],
+) -> HashSet<String> {
+    desired
+        .iter()
+        .map(|d| d.name.to_ascii_lowercase())
+        .chain(records(&previous.managed_assignments).iter().map(|id| id.name().to_ascii_lowercase()))
+        .chain(records(&previous.creating_assignments).iter().map(|id| id.name().to_ascii_lowercase()))
+        .chain(observed.iter().map(|o| o.name.to_ascii_lowercase()))
+        .collect()
+}
+
+/// The ids of a status record list that parse (the rest cannot be acted on).
+pub fn records(ids: &[String]) -> Vec<RoleAssignmentId> {
+    ids.iter().filter_map(|id| RoleAssignmentId::parse(id)).collect()
+}
+
+/// Everything [`decide`] looks at.
+pub struct Inputs<'a> {
+    pub spec: &'a DatabricksIdentityGrantSpec,
+    pub previous: &'a DatabricksIdentityGrantStatus,
+    /// `managementPolicy: Enforce` (else Observe: nothing is written).
+    pub enforce: bool,
+    /// `None`: not looked up (every entry was denied before Azure was asked).
+    pub principal: Option<&'a Principal>,
+    pub roles: &'a [RoleLookup],
+    pub verdicts: &'a PolicyVerdicts,
+    pub desired: &'a [DesiredAssignment],
+    /// Assignments listed at the desired scopes.
+    pub observed: &'a [ObservedAssignment],
+    /// Desired scopes (normalized) that could not be listed, and why.
+    pub unreadable: &'a HashMap<String, ArmError>,
+    pub others: &'a OtherGrants,
+    pub precedence: &'a Precedence,
+}
+
+/// A write to make: create or update one desired assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub desired: DesiredAssignment,
+    /// `Create { drift }` or `Update` (from the plan).
+    pub step: Step,
+    /// The write-ahead record it settles (`creatingAssignments`), when there is one.
+    pub intent: Option<String>,
+}
+
+impl Write {
+    pub fn id(&self) -> RoleAssignmentId {
+        RoleAssignmentId::new(self.desired.scope.clone(), self.desired.name.clone())
+    }
+}
+
+/// What a reconcile decided before writing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// `managementPolicy: Enforce` (else Observe: nothing is written).
+    pub enforce: bool,
+    pub principal: Option<PrincipalStatus>,
+    /// Per spec entry: its outcome, or `None` while a write decides it.
+    pub entries: Vec<Option<RoleAssignmentStatus>>,
+    pub writes: Vec<Write>,
+    /// Assignments to delete (Enforce).
+    pub removals: Vec<RoleAssignmentId>,
+    /// Assignments Enforce would delete (Observe: reported only).
+    pub planned_removals: Vec<RoleAssignmentId>,
+    /// The `creatingAssignments` to record before writing, when writes add to it.
+    pub intent: Option<Vec<String>>,
+    /// The records (`managedAssignments`, `creatingAssignments`) once the plan is applied,
+    /// keyed by lower-case id; writes and removals settle the rest.
+    pub managed: BTreeMap<String, String>,
+    pub creating: BTreeMap<String, String>,
+    pub unmanaged: Vec<UnmanagedAssignment>,
+    /// Warnings appended to entries' messages, by index.
+    pub notes: Vec<(usize, String)>,
+    /// `IdentityResolved`, `RolesResolved` and `PolicyCompliant`.
+    pub conditions: Vec<Decided>,
+    pub events: Vec<GrantEvent>,
+    pub retry: RetryClass,
+}
+
+/// A status entry for spec entry `index`.
+pub fn entry(
+    spec: &DatabricksIdentityGrantSpec,
+    index: usize,
+    state: AssignmentState,
+    reason: Reason,
+    message: Option<String>,
+) -> RoleAssignmentStatus {
+    let (role, scope) =
+        spec.role_assignments.get(index).map(|ra| (ra.role.clone(), ra.scope.clone())).unwrap_or_default();
+    RoleAssignmentStatus {
+        role,
+        role_definition_id: None,
+        scope,
+        assignment_id: None,
+        state,
+        reason: Some(reason.code().to_owned()),
+        message,
+    }
+}
+
+/// `role at scope` of spec entry `index`, for Events.
+pub fn described(spec: &DatabricksIdentityGrantSpec, index: usize, scope: &impl std::fmt::Display) -> String {
+    let role = spec.role_assignments.get(index).map_or("", |ra| ra.role.as_str());
+    format!("{role} at {scope}")
+}
+
+fn was(previous: &DatabricksIdentityGrantStatus, index: usize, state: AssignmentState) -> bool {
+    previous.role_assignments.get(index).is_some_and(|p| p.state == state)
+}
+
+/// Decides every entry, the writes, the removals and the records.
+pub fn decide(inputs: &Inputs<'_>) -> Decision {
+    let Inputs { spec, previous, enforce, .. } = *inputs;
+    let mut d = Decision {
+        enforce,
+        principal: previous.principal.clone(),
+        entries: vec![None; spec.role_assignments.len()],
+        writes: Vec::new(),
+        removals: Vec::new(),
+        planned_removals: Vec::new(),
+        intent: None,
+        managed: previous.managed_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect(),
+        creating: previous.creating_assignments.iter().map(|s| (s.to_ascii_lowercase(), s.clone())).collect(),
+        unmanaged: Vec::new(),
+        notes: Vec::new(),
+        conditions: Vec::new(),
+        events: Vec::new(),
+        retry: RetryClass::Resync,
+    };
+    decide_identity(inputs, &mut d);
+    decide_roles(inputs, &mut d);
+    decide_policy(inputs, &mut d);
+    for e in inputs.unreadable.values() {
+        d.retry = d.retry.worst(RetryClass::of_arm(e));
+    }
+
+    let the_plan = plan(
+        inputs.desired,
+        inputs.observed,
+        &records(&previous.managed_assignments),
+        &records(&previous.creating_assignments),
+        inputs.others,
+        inputs.precedence,
+    );
+    if enforce {
+        record_intent(inputs, &the_plan.steps, &mut d);
+    }
+    for (desired, step) in inputs.desired.iter().zip(&the_plan.steps) {
+        decide_entry(inputs, desired, step, &mut d);
+    }
+    d.notes = the_plan.notes;
+    for name in &the_plan.released {
+        d.managed.retain(|_, id| !RoleAssignmentId::parse(id).is_some_and(|id| id.has_name(name)));
+        d.creating.retain(|_, id| !RoleAssignmentId::parse(id).is_some_and(|id| id.has_name(name)));
+    }
+    if enforce {
+        d.removals = the_plan.deletions;
+    } else {
+        d.planned_removals = the_plan.deletions;
+    }
+    d.unmanaged = the_plan
+        .unmanaged
+        .iter()
+        .map(|o| UnmanagedAssignment {
+            assignment_id: o.id.clone(),
+            role_definition_id: o.role_definition_id.clone(),
+            scope: o.scope.to_string(),
+        })
+        .collect();
+    d
+}
+
+fn decide_identity(inputs: &Inputs<'_>, d: &mut Decision) {
+    d.conditions.push(match inputs.principal {
+        Some(principal) => {
+            d.principal = Some(PrincipalStatus {
+                principal_id: principal.principal_id.clone(),
+                principal_type: principal.principal_type,
+                tenant_id: principal.tenant_id.clone(),
+                identity_resource_id: principal.identity_resource_id.clone(),
+            });
+            Decided::new(
+                conditions::IDENTITY_RESOLVED,
+                true,
+                Reason::Resolved,
+                format!("principal {}", principal.principal_id),
+            )
+        }
+        None => Decided::new(
+            conditions::IDENTITY_RESOLVED,
+            false,
+            Reason::NotResolved,
+            "not looked up: no GrantPolicy allows any entry of this grant, so Azure was not asked",
+        ),
+    });
+}
+
+fn decide_roles(inputs: &Inputs<'_>, d: &mut Decision) {
+    let mut failures: Vec<&ResolveError> = Vec::new();
+    for (index, lookup) in inputs.roles.iter().enumerate() {
+        let RoleLookup::Failed(e) = lookup else { continue };
+        d.retry = d.retry.worst(RetryClass::of(e.reason, e.retry_after));
+        let state = if e.retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
+        d.entries[index] = Some(entry(inputs.spec, index, state, e.reason, Some(e.message.clone())));
+        failures.push(e);
+    }
+    match failures.first() {
+        None => d.conditions.push(Decided::new(conditions::ROLES_RESOLVED, true, Reason::Resolved, "every role resolved")),
+        Some(first) => {
+            let message = failures.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+            d.conditions.push(Decided::new(conditions::ROLES_RESOLVED, false, first.reason, message.clone()));
+            d.events.push(GrantEvent::new(Reason::RoleNotResolved, message));
+        }
+    }
+}
+
+fn decide_policy(inputs: &Inputs<'_>, d: &mut Decision) {
+    let verdicts = inputs.verdicts;
+    for (index, reason, message) in &verdicts.denials {
+        d.entries[*index] = Some(entry(inputs.spec, *index, AssignmentState::Denied, *reason, Some(message.clone())));
+        if !was(inputs.previous, *index, AssignmentState::Denied) {
+            let scope = inputs.spec.role_assignments.get(*index).map_or("", |ra| ra.scope.as_str());
+            d.events.push(GrantEvent::new(
+                Reason::PolicyDenied,
+                format!("{}: {reason}: {message}", described(inputs.spec, *index, &scope)),
+            ));
+        }
+    }
+    let condition = verdicts.condition();
+    let previous_message = inputs
+        .previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::POLICY_COMPLIANT)
+        .map(|c| c.message.as_str());
+    if previous_message != Some(condition.message.as_str()) {
+        for warning in &verdicts.warnings {
+            d.events.push(GrantEvent::new(Reason::DataRoleOnWorkspaceIdentity, warning.clone()));
+        }
+    }
+    d.conditions.push(condition);
+}
+
+/// Write-ahead: the assignments about to be created are recorded before they are created, so
+/// an operator stopped between a PUT and its status update still knows what it made once the
+/// grant stops wanting it (kill loop, tests/integration/kill_loop.rs).
+fn record_intent(inputs: &Inputs<'_>, steps: &[Step], d: &mut Decision) {
+    let before = d.creating.len();
+    for (desired, step) in inputs.desired.iter().zip(steps) {
+        if matches!(step, Step::Create { .. }) && !inputs.unreadable.contains_key(&desired.scope.normalized()) {
+            let id = RoleAssignmentId::new(desired.scope.clone(), desired.name.clone());
+            d.creating.entry(id.key()).or_insert_with(|| id.to_string());
+        }
+    }
+    if d.creating.len() > before {
+        d.intent = Some(d.creating.values().cloned().collect());
+    }
+}
+
+fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d: &mut Decision) {
+    let id = RoleAssignmentId::new(desired.scope.clone(), desired.name.clone());
+    // Settled here unless its write's outcome stays unknown.
+    let intent = d.creating.remove(&id.key());
+    let mut st = entry(inputs.spec, desired.index, AssignmentState::Pending, Reason::Pending, Some(String::new()));
+    st.role_definition_id = Some(desired.role_definition_id.clone());
+    if let Some(e) = inputs.unreadable.get(&desired.scope.normalized()) {
+        let reason = Reason::of_arm(e);
+        st.state = if reason.retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
+        st.reason = Some(reason.code().to_owned());
+        st.message = Some(format!("cannot list assignments at the scope: {e}"));
+        d.entries[desired.index] = Some(st);
+        d.creating.extend(intent.map(|i| (i.to_ascii_lowercase(), i)));
+        return;
+    }
+    let about = described(inputs.spec, desired.index, &desired.scope);
+    match step {
+        Step::InSync => {
+            st.state = AssignmentState::Assigned;
+            st.assignment_id = Some(id.to_string());
+            st.reason = Some(Reason::Assigned.code().to_owned());
+            st.message = None;
+            d.managed.insert(id.key(), id.to_string());
+        }
+        Step::Adopt { id: existing, condition_differs } => {
+            st.state = AssignmentState::Adopted;
+            st.assignment_id = Some(existing.clone());
+            st.reason = Some(Reason::Adopted.code().to_owned());
+            st.message = Some(if *condition_differs {
+                "an assignment for this principal, role and scope already existed and is used as is; its condition differs from the spec and is left alone".into()
+            } else {
+                "an assignment for this principal, role and scope already existed; the operator uses it and never deletes it".into()
+            });
+            if !was(inputs.previous, desired.index, AssignmentState::Adopted) {
+                d.events.push(GrantEvent::new(Reason::Adopted, format!("adopted existing assignment {existing} for {about}")));
+            }
+        }
+        Step::Conflict { with } => {
+            st.state = AssignmentState::Failed;
+            st.reason = Some(Reason::ConflictingGrant.code().to_owned());
+            st.message = Some(format!(
+                "older grant {with} asks for the same principal, role and scope with another condition; Azure allows one assignment per tuple, so its condition wins (grants created in the same second: the namespace/name that sorts first)"
+            ));
+            d.events.push(GrantEvent::new(Reason::ConflictingGrant, format!("{about}: conflicts with older grant {with}")));
+        }
+        Step::Create { .. } | Step::Update if !inputs.enforce => {
+            st.state = AssignmentState::Planned;
+            let reason = if matches!(step, Step::Update) { Reason::UpdatePlanned } else { Reason::CreatePlanned };
+            st.reason = Some(reason.code().to_owned());
+            st.message = Some("managementPolicy is Observe: nothing is written to Azure".into());
+        }
+        Step::Create { .. } | Step::Update => {
+            d.writes.push(Write { desired: desired.clone(), step: step.clone(), intent });
+            return;
+        }
+    }
+    d.entries[desired.index] = Some(st);
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;
