@@ -118,7 +118,6 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
-
 /// Parses `90`, `90s`, `500ms`, `15m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();

@@ -137,17 +137,50 @@ impl Reason {
     pub const fn health(self) -> Health {
         use Reason::*;
         match self {
-            Ready | Assigned | Adopted | Resolved | Compliant | CompliantWithWarnings | InSync | Valid | Created
-            | Updated | Deleted | DriftCorrected => Health::Healthy,
+            Ready
+            | Assigned
+            | Adopted
+            | Resolved
+            | Compliant
+            | CompliantWithWarnings
+            | InSync
+            | Valid
+            | Created
+            | Updated
+            | Deleted
+            | DriftCorrected => Health::Healthy,
             Pending | OutOfSync | CreatePlanned | UpdatePlanned | ChangesPlanned | RemovalPending
             | PrincipalNotFound | TooManyRequests | AzureUnavailable => Health::Progressing,
-            NotResolved | InvalidSpec | CredentialError | WorkspaceNotFound | AccessConnectorNotFound | NoManagedIdentity
-            | NoLinkedAccessConnector | AccessConnectorHasNoIdentity | UserAssignedIdentityNotAttached | RoleNotFound
-            | AmbiguousRole | ScopeNotFound | AuthorizationFailed | RoleAssignmentLimitExceeded
-            | RoleAssignmentUpdateNotPermitted | AzureError | NoGrantPolicy | IdentityNotAllowed | RoleNotAllowed
-            | ScopeNotAllowed | PrivilegedRole | DataRoleOnWorkspaceIdentity | TooManyAssignments
-            | ConflictingGrant | CleanupFailed | AssignmentsRetained | InvalidPolicy | AssignmentFailed
-            | PolicyDenied | RoleNotResolved => Health::NeedsAttention,
+            NotResolved
+            | InvalidSpec
+            | CredentialError
+            | WorkspaceNotFound
+            | AccessConnectorNotFound
+            | NoManagedIdentity
+            | NoLinkedAccessConnector
+            | AccessConnectorHasNoIdentity
+            | UserAssignedIdentityNotAttached
+            | RoleNotFound
+            | AmbiguousRole
+            | ScopeNotFound
+            | AuthorizationFailed
+            | RoleAssignmentLimitExceeded
+            | RoleAssignmentUpdateNotPermitted
+            | AzureError
+            | NoGrantPolicy
+            | IdentityNotAllowed
+            | RoleNotAllowed
+            | ScopeNotAllowed
+            | PrivilegedRole
+            | DataRoleOnWorkspaceIdentity
+            | TooManyAssignments
+            | ConflictingGrant
+            | CleanupFailed
+            | AssignmentsRetained
+            | InvalidPolicy
+            | AssignmentFailed
+            | PolicyDenied
+            | RoleNotResolved => Health::NeedsAttention,
         }
     }
 
@@ -155,9 +188,20 @@ impl Reason {
     pub const fn retry(self) -> Retry {
         use Reason::*;
         match self {
-            Pending | OutOfSync | RemovalPending | PrincipalNotFound | TooManyRequests | AzureUnavailable => Retry::Soon,
-            NotResolved | NoGrantPolicy | IdentityNotAllowed | RoleNotAllowed | ScopeNotAllowed | PrivilegedRole
-            | DataRoleOnWorkspaceIdentity | TooManyAssignments | PolicyDenied | ConflictingGrant | InvalidSpec
+            Pending | OutOfSync | RemovalPending | PrincipalNotFound | TooManyRequests | AzureUnavailable => {
+                Retry::Soon
+            }
+            NotResolved
+            | NoGrantPolicy
+            | IdentityNotAllowed
+            | RoleNotAllowed
+            | ScopeNotAllowed
+            | PrivilegedRole
+            | DataRoleOnWorkspaceIdentity
+            | TooManyAssignments
+            | PolicyDenied
+            | ConflictingGrant
+            | InvalidSpec
             | InvalidPolicy => Retry::OnChange,
             _ => match self.health() {
                 Health::NeedsAttention => Retry::Slowly,
@@ -177,10 +221,22 @@ impl Reason {
         match self {
             Created | Updated | Deleted | DriftCorrected | AssignmentFailed | PolicyDenied | RoleNotResolved
             | AssignmentsRetained => Appears::Event,
-            Adopted | ConflictingGrant | DataRoleOnWorkspaceIdentity | InvalidSpec | CredentialError
-            | CleanupFailed | WorkspaceNotFound | AccessConnectorNotFound | NoManagedIdentity
-            | NoLinkedAccessConnector | AccessConnectorHasNoIdentity | UserAssignedIdentityNotAttached
-            | AuthorizationFailed | PrincipalNotFound | AzureUnavailable | AzureError => Appears::StatusAndEvent,
+            Adopted
+            | ConflictingGrant
+            | DataRoleOnWorkspaceIdentity
+            | InvalidSpec
+            | CredentialError
+            | CleanupFailed
+            | WorkspaceNotFound
+            | AccessConnectorNotFound
+            | NoManagedIdentity
+            | NoLinkedAccessConnector
+            | AccessConnectorHasNoIdentity
+            | UserAssignedIdentityNotAttached
+            | AuthorizationFailed
+            | PrincipalNotFound
+            | AzureUnavailable
+            | AzureError => Appears::StatusAndEvent,
             _ => Appears::Status,
         }
     }
@@ -215,26 +271,42 @@ impl Reason {
         match self {
             Ready => "every allowed assignment is in place (Ready); the grant's reason",
             Assigned => "the entry's assignment is in place, made by the operator",
-            Adopted => "an assignment for the same principal, role and scope already existed (made elsewhere): the operator uses it and never deletes it; also an Event the first time",
+            Adopted => {
+                "an assignment for the same principal, role and scope already existed (made elsewhere): the operator uses it and never deletes it; also an Event the first time"
+            }
             Pending => "the entry waits for something retried on its own (the message says what)",
             Resolved => "`IdentityResolved` / `RolesResolved`: the identity's principal / every role was found",
-            NotResolved => "`IdentityResolved=False`: the identity was not looked up, because no GrantPolicy allows any entry (so Azure is not asked)",
+            NotResolved => {
+                "`IdentityResolved=False`: the identity was not looked up, because no GrantPolicy allows any entry (so Azure is not asked)"
+            }
             Compliant => "`PolicyCompliant`: every entry is allowed (the message names the policies)",
-            CompliantWithWarnings => "`PolicyCompliant`: allowed, with a governance warning (e.g. a data role on `dbmanagedidentity`)",
+            CompliantWithWarnings => {
+                "`PolicyCompliant`: allowed, with a governance warning (e.g. a data role on `dbmanagedidentity`)"
+            }
             InSync => "`InSync`: Azure matches the spec",
             OutOfSync => "`InSync=False`: some entries are not in place yet (the message lists them)",
-            CreatePlanned | UpdatePlanned => "managementPolicy `Observe`: the entry would be created / updated; nothing is written to Azure",
+            CreatePlanned | UpdatePlanned => {
+                "managementPolicy `Observe`: the entry would be created / updated; nothing is written to Azure"
+            }
             ChangesPlanned => "`InSync=False` in `Observe` mode: the message counts the changes `Enforce` would make",
             RemovalPending => "an assignment the grant no longer wants could not be removed yet",
-            InvalidSpec => "the spec fails validation (the message names the field); also a grant stored past admission with a value of the wrong type: it is watched untyped, so one such grant never stalls the others. Nothing is sent to Azure",
-            CredentialError => "the `azureCredentialRef` Secret is missing or lacks `tenantId`/`clientId`/`clientSecret`",
-            WorkspaceNotFound | AccessConnectorNotFound => "the workspace / access connector does not exist, or the operator cannot read it",
+            InvalidSpec => {
+                "the spec fails validation (the message names the field); also a grant stored past admission with a value of the wrong type: it is watched untyped, so one such grant never stalls the others. Nothing is sent to Azure"
+            }
+            CredentialError => {
+                "the `azureCredentialRef` Secret is missing or lacks `tenantId`/`clientId`/`clientSecret`"
+            }
+            WorkspaceNotFound | AccessConnectorNotFound => {
+                "the workspace / access connector does not exist, or the operator cannot read it"
+            }
             NoManagedIdentity => "the workspace's managed resource group has no `dbmanagedidentity`",
             NoLinkedAccessConnector => "`source: AccessConnector` but the workspace links none",
             AccessConnectorHasNoIdentity | UserAssignedIdentityNotAttached => "the connector has no (such) identity",
             RoleNotFound => "the role does not exist at the scope",
             AmbiguousRole => "the role name matches several definitions",
-            ScopeNotFound => "the scope (resource, resource group) does not exist, e.g. deleted after the grant converged; Azure removed its assignments with it",
+            ScopeNotFound => {
+                "the scope (resource, resource group) does not exist, e.g. deleted after the grant converged; Azure removed its assignments with it"
+            }
             AuthorizationFailed => "the credential may not read or assign roles there",
             PrincipalNotFound => "Entra has not replicated a new identity yet (state Pending)",
             RoleAssignmentLimitExceeded => "the subscription holds Azure's maximum of role assignments (4000)",
@@ -242,14 +314,28 @@ impl Reason {
             TooManyRequests => "ARM throttled the request (state Pending)",
             AzureUnavailable => "5xx, timeouts, connection resets, or no token from the token endpoint (state Pending)",
             AzureError => "Azure refused the request for another reason; the message carries Azure's code and text",
-            NoGrantPolicy | IdentityNotAllowed | ScopeNotAllowed => "GrantPolicy denial (state `Denied`), decided on the parsed ids before Azure is asked anything, so it reads the same for resources that exist and ones that do not",
-            RoleNotAllowed | PrivilegedRole | TooManyAssignments => "GrantPolicy denial (state `Denied`), decided once the role is resolved",
-            DataRoleOnWorkspaceIdentity => "GrantPolicy denial of a data role on `dbmanagedidentity` (`Denied`), or with `warnOnly` a warning Event",
-            ConflictingGrant => "an older grant wants the same principal, role and scope with another condition; precedence is (creationTimestamp, then `namespace/name`), so exactly one wins, always the same",
-            CleanupFailed => "the grant is being deleted but Azure refused or could not be reached; the finalizer stays",
-            AssignmentsRetained => "Event on deletion: assignments were left in Azure (`deletionPolicy: Retain` with an unreadable spec, or the namespace took the credential Secret first); it lists them",
+            NoGrantPolicy | IdentityNotAllowed | ScopeNotAllowed => {
+                "GrantPolicy denial (state `Denied`), decided on the parsed ids before Azure is asked anything, so it reads the same for resources that exist and ones that do not"
+            }
+            RoleNotAllowed | PrivilegedRole | TooManyAssignments => {
+                "GrantPolicy denial (state `Denied`), decided once the role is resolved"
+            }
+            DataRoleOnWorkspaceIdentity => {
+                "GrantPolicy denial of a data role on `dbmanagedidentity` (`Denied`), or with `warnOnly` a warning Event"
+            }
+            ConflictingGrant => {
+                "an older grant wants the same principal, role and scope with another condition; precedence is (creationTimestamp, then `namespace/name`), so exactly one wins, always the same"
+            }
+            CleanupFailed => {
+                "the grant is being deleted but Azure refused or could not be reached; the finalizer stays"
+            }
+            AssignmentsRetained => {
+                "Event on deletion: assignments were left in Azure (`deletionPolicy: Retain` with an unreadable spec, or the namespace took the credential Secret first); it lists them"
+            }
             Valid => "GrantPolicy `Ready`: the policy is in force",
-            InvalidPolicy => "GrantPolicy `Ready=False`: the policy fails validation or cannot be read; it allows nothing until fixed",
+            InvalidPolicy => {
+                "GrantPolicy `Ready=False`: the policy fails validation or cannot be read; it allows nothing until fixed"
+            }
             Created => "Event: an assignment was created",
             Updated => "Event: an assignment's condition or description was updated in place",
             Deleted => "Event: an assignment the grant no longer wants was removed",
@@ -266,18 +352,32 @@ impl Reason {
         match self {
             InvalidSpec => "fix the manifest",
             CredentialError => "create or fix the Secret",
-            WorkspaceNotFound | AccessConnectorNotFound => "check the id; give the operator Reader on its resource group",
+            WorkspaceNotFound | AccessConnectorNotFound => {
+                "check the id; give the operator Reader on its resource group"
+            }
             NoManagedIdentity => "check the workspace; use an Access Connector",
             NoLinkedAccessConnector => "link one, or name the connector directly",
-            AccessConnectorHasNoIdentity | UserAssignedIdentityNotAttached => "enable its identity / attach the user-assigned identity",
+            AccessConnectorHasNoIdentity | UserAssignedIdentityNotAttached => {
+                "enable its identity / attach the user-assigned identity"
+            }
             RoleNotFound => "fix the role",
             AmbiguousRole => "name custom roles by GUID",
             ScopeNotFound => "fix or drop the scope",
-            AuthorizationFailed => "give the operator (or the grant's credential) Role Based Access Control Administrator there (docs/install.md)",
+            AuthorizationFailed => {
+                "give the operator (or the grant's credential) Role Based Access Control Administrator there (docs/install.md)"
+            }
             RoleAssignmentLimitExceeded => "remove unused assignments or use groups; retried slowly",
-            RoleAssignmentUpdateNotPermitted | AzureError => "read the message; fix the spec or the assignment in Azure",
-            NoGrantPolicy | IdentityNotAllowed | ScopeNotAllowed | RoleNotAllowed | PrivilegedRole
-            | TooManyAssignments | DataRoleOnWorkspaceIdentity | PolicyDenied => "change the grant or ask the platform team for a policy change",
+            RoleAssignmentUpdateNotPermitted | AzureError => {
+                "read the message; fix the spec or the assignment in Azure"
+            }
+            NoGrantPolicy
+            | IdentityNotAllowed
+            | ScopeNotAllowed
+            | RoleNotAllowed
+            | PrivilegedRole
+            | TooManyAssignments
+            | DataRoleOnWorkspaceIdentity
+            | PolicyDenied => "change the grant or ask the platform team for a policy change",
             ConflictingGrant => "align the conditions or delete one grant",
             CleanupFailed => "fix the cause; as a last resort remove the finalizer (assignments then stay in Azure)",
             AssignmentsRetained => "remove the listed assignments in Azure, or delete grants before their Secrets",
@@ -294,9 +394,8 @@ impl Reason {
 
     /// The reason table of `docs/operations.md`.
     pub fn table_markdown() -> String {
-        let mut out = String::from(
-            "| reason | where | health | retried | meaning | what to do |\n|---|---|---|---|---|---|\n",
-        );
+        let mut out =
+            String::from("| reason | where | health | retried | meaning | what to do |\n|---|---|---|---|---|---|\n");
         for reason in Reason::ALL {
             let where_ = match reason.appears() {
                 Appears::Status => "status",
@@ -328,21 +427,6 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
-    }
-}
-
-impl From<crate::policy::evaluate::DenialReason> for Reason {
-    fn from(d: crate::policy::evaluate::DenialReason) -> Self {
-        use crate::policy::evaluate::DenialReason as D;
-        match d {
-            D::NoGrantPolicy => Reason::NoGrantPolicy,
-            D::IdentityNotAllowed => Reason::IdentityNotAllowed,
-            D::RoleNotAllowed => Reason::RoleNotAllowed,
-            D::ScopeNotAllowed => Reason::ScopeNotAllowed,
-            D::PrivilegedRole => Reason::PrivilegedRole,
-            D::DataRoleOnWorkspaceIdentity => Reason::DataRoleOnWorkspaceIdentity,
-            D::TooManyAssignments => Reason::TooManyAssignments,
-        }
     }
 }
 
@@ -410,7 +494,9 @@ mod tests {
                 let updated = format!("{}{BEGIN}{generated}{}", &doc[..start], &doc[end..]);
                 std::fs::write(&path, updated).expect("write docs/operations.md");
             } else {
-                panic!("docs/operations.md's reason table differs from src/api/reason.rs; run DBX_BLESS=1 cargo test --lib reason");
+                panic!(
+                    "docs/operations.md's reason table differs from src/api/reason.rs; run DBX_BLESS=1 cargo test --lib reason"
+                );
             }
         }
     }

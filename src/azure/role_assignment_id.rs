@@ -111,7 +111,10 @@ mod tests {
         );
         let id = RoleAssignmentId::parse(&text).expect("parses");
         assert_eq!(id.name(), NAME);
-        assert_eq!(id.scope().to_string(), format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"));
+        assert_eq!(
+            id.scope().to_string(),
+            format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv")
+        );
         assert_eq!(id.to_string(), text);
         assert_eq!(RoleAssignmentId::new(id.scope().clone(), NAME), id);
     }

@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use kube::{Resource, ResourceExt};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 use super::plan::{Claim, OtherGrants, assignment_name};
 use crate::api::{AssignmentState, DatabricksIdentityGrant, Reason};
@@ -54,7 +54,6 @@ pub fn claims_of(grant: &DatabricksIdentityGrant) -> Vec<Claim> {
     }
     claims
 }
-
 
 #[derive(Debug)]
 struct GrantClaims {

@@ -68,7 +68,9 @@ mod tests {
         let _two = c.arm_permit(&ResourceId::subscription(SUB_A)).await;
         let third = tokio::time::timeout(std::time::Duration::from_millis(50), c.arm_permit(&a)).await;
         assert!(third.is_err(), "a third request in one subscription waits");
-        let other = tokio::time::timeout(std::time::Duration::from_millis(50), c.arm_permit(&ResourceId::subscription(SUB_B))).await;
+        let other =
+            tokio::time::timeout(std::time::Duration::from_millis(50), c.arm_permit(&ResourceId::subscription(SUB_B)))
+                .await;
         assert!(other.is_ok(), "another subscription has its own slots");
     }
 

@@ -65,7 +65,8 @@ mod tests {
     fn transition_time_moves_only_with_status() {
         let first = merge(&[], &[Decided::new(READY, false, Reason::Pending, "waiting")], Some(1), at(100));
         assert_eq!(first[0].last_transition_time, Time(at(100)));
-        let same = merge(&first, &[Decided::new(READY, false, Reason::TooManyRequests, "still waiting")], Some(2), at(200));
+        let same =
+            merge(&first, &[Decided::new(READY, false, Reason::TooManyRequests, "still waiting")], Some(2), at(200));
         assert_eq!(same[0].last_transition_time, Time(at(100)), "reason changes do not move it");
         assert_eq!(same[0].reason, "TooManyRequests");
         assert_eq!(same[0].observed_generation, Some(2));

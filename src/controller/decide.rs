@@ -20,7 +20,7 @@ use crate::api::{
     RoleAssignmentStatus, UnmanagedAssignment,
 };
 use crate::azure::{ArmError, RoleAssignmentId};
-use crate::policy::evaluate::{DenialReason, Governing, PolicyMode, Request, RoleFacts, Verdict, evaluate};
+use crate::policy::evaluate::{Governing, PolicyMode, Request, RoleFacts, Verdict, evaluate};
 
 /// How one entry's role lookup went.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ pub fn prejudge(
     mode: PolicyMode,
     identity: &str,
     validated: &ValidatedGrant,
-) -> Vec<Option<(DenialReason, String)>> {
+) -> Vec<Option<(Reason, String)>> {
     validated
         .role_assignments
         .iter()
@@ -100,7 +100,7 @@ pub fn judge(
     validated: &ValidatedGrant,
     identity: &str,
     roles: &[RoleLookup],
-    prejudged: Vec<Option<(DenialReason, String)>>,
+    prejudged: Vec<Option<(Reason, String)>>,
 ) -> PolicyVerdicts {
     let workspace_managed_identity = matches!(validated.identity, ValidatedIdentity::WorkspaceManagedIdentity { .. });
     let mut verdicts = PolicyVerdicts::default();
@@ -118,12 +118,12 @@ pub fn judge(
                 verdicts.allowed_by.insert(by);
                 verdicts.warnings.extend(warning);
             }
-            Verdict::Denied { reason, message } => verdicts.denials.push((index, reason.into(), message)),
+            Verdict::Denied { reason, message } => verdicts.denials.push((index, reason, message)),
         }
     }
-    verdicts.denials.extend(
-        prejudged.into_iter().enumerate().filter_map(|(i, d)| d.map(|(reason, message)| (i, reason.into(), message))),
-    );
+    verdicts
+        .denials
+        .extend(prejudged.into_iter().enumerate().filter_map(|(i, d)| d.map(|(reason, message)| (i, reason, message))));
     verdicts.denials.sort_by_key(|d| d.0);
     verdicts
 }
@@ -369,7 +369,9 @@ fn decide_roles(inputs: &Inputs<'_>, d: &mut Decision) {
         failures.push(e);
     }
     match failures.first() {
-        None => d.conditions.push(Decided::new(conditions::ROLES_RESOLVED, true, Reason::Resolved, "every role resolved")),
+        None => {
+            d.conditions.push(Decided::new(conditions::ROLES_RESOLVED, true, Reason::Resolved, "every role resolved"))
+        }
         Some(first) => {
             let message = failures.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
             d.conditions.push(Decided::new(conditions::ROLES_RESOLVED, false, first.reason, message.clone()));
@@ -391,12 +393,8 @@ fn decide_policy(inputs: &Inputs<'_>, d: &mut Decision) {
         }
     }
     let condition = verdicts.condition();
-    let previous_message = inputs
-        .previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == conditions::POLICY_COMPLIANT)
-        .map(|c| c.message.as_str());
+    let previous_message =
+        inputs.previous.conditions.iter().find(|c| c.type_ == conditions::POLICY_COMPLIANT).map(|c| c.message.as_str());
     if previous_message != Some(condition.message.as_str()) {
         for warning in &verdicts.warnings {
             d.events.push(GrantEvent::new(Reason::DataRoleOnWorkspaceIdentity, warning.clone()));
@@ -455,7 +453,10 @@ fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d
                 "an assignment for this principal, role and scope already existed; the operator uses it and never deletes it".into()
             });
             if !was(inputs.previous, desired.index, AssignmentState::Adopted) {
-                d.events.push(GrantEvent::new(Reason::Adopted, format!("adopted existing assignment {existing} for {about}")));
+                d.events.push(GrantEvent::new(
+                    Reason::Adopted,
+                    format!("adopted existing assignment {existing} for {about}"),
+                ));
             }
         }
         Step::Conflict { with } => {
@@ -464,7 +465,8 @@ fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d
             st.message = Some(format!(
                 "older grant {with} asks for the same principal, role and scope with another condition; Azure allows one assignment per tuple, so its condition wins (grants created in the same second: the namespace/name that sorts first)"
             ));
-            d.events.push(GrantEvent::new(Reason::ConflictingGrant, format!("{about}: conflicts with older grant {with}")));
+            d.events
+                .push(GrantEvent::new(Reason::ConflictingGrant, format!("{about}: conflicts with older grant {with}")));
         }
         Step::Create { .. } | Step::Update if !inputs.enforce => {
             st.state = AssignmentState::Planned;

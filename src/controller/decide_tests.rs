@@ -49,15 +49,8 @@ fn role(name: &str, guid: &str) -> RoleLookup {
 
 fn observed(d: &DesiredAssignment, name: &str, description: Option<&str>) -> ObservedAssignment {
     ObservedAssignment {
-        id: RoleAssignmentId::new(d.scope.clone(), name).to_string(),
-        name: name.into(),
-        scope: d.scope.clone(),
-        role_guid: d.role_guid,
-        role_definition_id: d.role_definition_id.clone(),
-        principal_id: d.principal_id.clone(),
-        condition: None,
-        condition_version: None,
         description: description.map(Into::into),
+        ..crate::controller::plan::tests::observed_from(d, name)
     }
 }
 
@@ -132,45 +125,150 @@ fn entries_settled_before_any_write() {
     /// (case, Observe?, setup, expected state, reason, Events, retry class)
     type Row = (&'static str, bool, fn(&mut World), AssignmentState, Reason, Vec<Reason>, RetryClass);
     let rows: Vec<Row> = vec![
-        ("in sync", false, |w| {
-            let d = w.desired()[0].clone();
-            w.observed.push(observed(&d, &d.name, None));
-        }, AssignmentState::Assigned, Reason::Assigned, vec![], RetryClass::Resync),
-        ("made elsewhere: adopted, with an Event the first time", false, |w| {
-            let d = w.desired()[0].clone();
-            w.observed.push(observed(&d, "someone-elses", None));
-        }, AssignmentState::Adopted, Reason::Adopted, vec![Reason::Adopted], RetryClass::Resync),
-        ("older grant with another condition: conflict", false, |w| {
-            let name = w.desired()[0].name.clone();
-            w.others.claims.push((name, Some("@Resource[x] StringEquals 'y'".into()), "ns/older".into(), "2025-01-01T00:00:00Z".into()));
-        }, AssignmentState::Failed, Reason::ConflictingGrant, vec![Reason::ConflictingGrant], RetryClass::Resync),
-        ("Observe: a create is planned", true, |_| {},
-            AssignmentState::Planned, Reason::CreatePlanned, vec![], RetryClass::Resync),
-        ("Observe: an update is planned", true, |w| {
-            let d = w.desired()[0].clone();
-            w.observed.push(observed(&d, &d.name, Some("stale description")));
-        }, AssignmentState::Planned, Reason::UpdatePlanned, vec![], RetryClass::Resync),
-        ("scope throttled: pending", false, |w| {
-            let key = w.desired()[0].scope.normalized();
-            w.unreadable.insert(key, ArmError::Throttled { code: "TooManyRequests".into(), message: "m".into(), retry_after: None });
-        }, AssignmentState::Pending, Reason::TooManyRequests, vec![], RetryClass::Soon(None)),
-        ("scope gone: failed", false, |w| {
-            let key = w.desired()[0].scope.normalized();
-            w.unreadable.insert(key, ArmError::NotFound { code: "ResourceGroupNotFound".into(), message: "m".into() });
-        }, AssignmentState::Failed, Reason::ScopeNotFound, vec![], RetryClass::Slowly),
-        ("role missing: failed", false, |w| {
-            w.roles[0] = RoleLookup::Failed(ResolveError { reason: Reason::RoleNotFound, message: "no such role".into(), retry_after: None });
-        }, AssignmentState::Failed, Reason::RoleNotFound, vec![Reason::RoleNotResolved], RetryClass::Slowly),
-        ("role lookup throttled: pending", false, |w| {
-            w.roles[0] = RoleLookup::Failed(ResolveError { reason: Reason::AzureUnavailable, message: "503".into(), retry_after: None });
-        }, AssignmentState::Pending, Reason::AzureUnavailable, vec![Reason::RoleNotResolved], RetryClass::Soon(None)),
-        ("denied by policy: an Event the first time", false, |w| {
-            w.verdicts.denials.push((0, Reason::PrivilegedRole, "Owner is privileged".into()));
-        }, AssignmentState::Denied, Reason::PrivilegedRole, vec![Reason::PolicyDenied], RetryClass::Resync),
-        ("still denied: no new Event", false, |w| {
-            w.verdicts.denials.push((0, Reason::ScopeNotAllowed, "not here".into()));
-            w.previous.role_assignments = vec![entry(&w.spec, 0, AssignmentState::Denied, Reason::ScopeNotAllowed, None)];
-        }, AssignmentState::Denied, Reason::ScopeNotAllowed, vec![], RetryClass::Resync),
+        (
+            "in sync",
+            false,
+            |w| {
+                let d = w.desired()[0].clone();
+                w.observed.push(observed(&d, &d.name, None));
+            },
+            AssignmentState::Assigned,
+            Reason::Assigned,
+            vec![],
+            RetryClass::Resync,
+        ),
+        (
+            "made elsewhere: adopted, with an Event the first time",
+            false,
+            |w| {
+                let d = w.desired()[0].clone();
+                w.observed.push(observed(&d, "someone-elses", None));
+            },
+            AssignmentState::Adopted,
+            Reason::Adopted,
+            vec![Reason::Adopted],
+            RetryClass::Resync,
+        ),
+        (
+            "older grant with another condition: conflict",
+            false,
+            |w| {
+                let name = w.desired()[0].name.clone();
+                w.others.claims.push((
+                    name,
+                    Some("@Resource[x] StringEquals 'y'".into()),
+                    "ns/older".into(),
+                    "2025-01-01T00:00:00Z".into(),
+                ));
+            },
+            AssignmentState::Failed,
+            Reason::ConflictingGrant,
+            vec![Reason::ConflictingGrant],
+            RetryClass::Resync,
+        ),
+        (
+            "Observe: a create is planned",
+            true,
+            |_| {},
+            AssignmentState::Planned,
+            Reason::CreatePlanned,
+            vec![],
+            RetryClass::Resync,
+        ),
+        (
+            "Observe: an update is planned",
+            true,
+            |w| {
+                let d = w.desired()[0].clone();
+                w.observed.push(observed(&d, &d.name, Some("stale description")));
+            },
+            AssignmentState::Planned,
+            Reason::UpdatePlanned,
+            vec![],
+            RetryClass::Resync,
+        ),
+        (
+            "scope throttled: pending",
+            false,
+            |w| {
+                let key = w.desired()[0].scope.normalized();
+                w.unreadable.insert(
+                    key,
+                    ArmError::Throttled { code: "TooManyRequests".into(), message: "m".into(), retry_after: None },
+                );
+            },
+            AssignmentState::Pending,
+            Reason::TooManyRequests,
+            vec![],
+            RetryClass::Soon(None),
+        ),
+        (
+            "scope gone: failed",
+            false,
+            |w| {
+                let key = w.desired()[0].scope.normalized();
+                w.unreadable
+                    .insert(key, ArmError::NotFound { code: "ResourceGroupNotFound".into(), message: "m".into() });
+            },
+            AssignmentState::Failed,
+            Reason::ScopeNotFound,
+            vec![],
+            RetryClass::Slowly,
+        ),
+        (
+            "role missing: failed",
+            false,
+            |w| {
+                w.roles[0] = RoleLookup::Failed(ResolveError {
+                    reason: Reason::RoleNotFound,
+                    message: "no such role".into(),
+                    retry_after: None,
+                });
+            },
+            AssignmentState::Failed,
+            Reason::RoleNotFound,
+            vec![Reason::RoleNotResolved],
+            RetryClass::Slowly,
+        ),
+        (
+            "role lookup throttled: pending",
+            false,
+            |w| {
+                w.roles[0] = RoleLookup::Failed(ResolveError {
+                    reason: Reason::AzureUnavailable,
+                    message: "503".into(),
+                    retry_after: None,
+                });
+            },
+            AssignmentState::Pending,
+            Reason::AzureUnavailable,
+            vec![Reason::RoleNotResolved],
+            RetryClass::Soon(None),
+        ),
+        (
+            "denied by policy: an Event the first time",
+            false,
+            |w| {
+                w.verdicts.denials.push((0, Reason::PrivilegedRole, "Owner is privileged".into()));
+            },
+            AssignmentState::Denied,
+            Reason::PrivilegedRole,
+            vec![Reason::PolicyDenied],
+            RetryClass::Resync,
+        ),
+        (
+            "still denied: no new Event",
+            false,
+            |w| {
+                w.verdicts.denials.push((0, Reason::ScopeNotAllowed, "not here".into()));
+                w.previous.role_assignments =
+                    vec![entry(&w.spec, 0, AssignmentState::Denied, Reason::ScopeNotAllowed, None)];
+            },
+            AssignmentState::Denied,
+            Reason::ScopeNotAllowed,
+            vec![],
+            RetryClass::Resync,
+        ),
     ];
     for (name, observe, setup, state, reason, events, retry) in rows {
         let mut world = World::one(observe);
@@ -269,12 +367,8 @@ fn conditions_say_what_was_resolved_and_judged() {
     let d = world.decide();
     assert_eq!(condition(&d, conditions::POLICY_COMPLIANT), (true, Reason::CompliantWithWarnings));
     assert_eq!(reasons(&d.events), vec![Reason::DataRoleOnWorkspaceIdentity]);
-    world.previous.conditions = conditions::merge(
-        &[],
-        &[world.verdicts.condition()],
-        Some(1),
-        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-    );
+    world.previous.conditions =
+        conditions::merge(&[], &[world.verdicts.condition()], Some(1), k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     assert!(world.decide().events.is_empty());
 }
 
@@ -301,7 +395,11 @@ fn policy_judgement_and_desired_set() {
         ..World::one(false)
     };
     let desired = world.desired();
-    assert_eq!(desired.iter().map(|d| d.index).collect::<Vec<_>>(), [0], "denied and unresolved entries are not desired");
+    assert_eq!(
+        desired.iter().map(|d| d.index).collect::<Vec<_>>(),
+        [0],
+        "denied and unresolved entries are not desired"
+    );
     assert_eq!(desired[0].name, assignment_name(PRINCIPAL, READER.parse().expect("guid"), &scope("rg-a")));
     let relevant = relevant_names(&desired, &DatabricksIdentityGrantStatus::default(), &[]);
     assert!(relevant.contains(&desired[0].name));

@@ -180,7 +180,10 @@ mod tests {
             GrantEvent::new(Reason::DriftCorrected, "b"),
             GrantEvent::new(Reason::Created, "c"),
         ]);
-        assert_eq!(merged, vec![GrantEvent::new(Reason::Created, "a; c"), GrantEvent::new(Reason::DriftCorrected, "b")]);
+        assert_eq!(
+            merged,
+            vec![GrantEvent::new(Reason::Created, "a; c"), GrantEvent::new(Reason::DriftCorrected, "b")]
+        );
         assert_eq!(merged[0].event_type(), EventType::Normal);
         assert_eq!(merged[1].event_type(), EventType::Warning);
         let long = GrantEvent::merged(vec![GrantEvent::new(Reason::Deleted, "x".repeat(5000))]);

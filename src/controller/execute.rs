@@ -54,12 +54,13 @@ async fn put(ctx: &Context, arm: &ArmClient, write: &Write) -> WriteOutcome {
         Err(ArmError::RoleAssignmentExists { message }) => {
             // Someone else's assignment the list did not show yet: adopt it.
             ctx.scopes.invalidate(&d.scope).await;
-            let existing = arm.list_role_assignments_for_principal(&d.scope, &d.principal_id).await.ok().and_then(|list| {
-                list.iter()
-                    .filter_map(ObservedAssignment::from_arm)
-                    .find(|o| o.scope == d.scope && o.role_guid == d.role_guid)
-                    .map(|o| o.id)
-            });
+            let existing =
+                arm.list_role_assignments_for_principal(&d.scope, &d.principal_id).await.ok().and_then(|list| {
+                    list.iter()
+                        .filter_map(ObservedAssignment::from_arm)
+                        .find(|o| o.scope == d.scope && o.role_guid == d.role_guid)
+                        .map(|o| o.id)
+                });
             WriteOutcome::Exists { existing, message }
         }
         Err(e) => {

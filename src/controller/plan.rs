@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::api::PrincipalType;
 use crate::api::validation::AbacCondition;
-use crate::azure::{ResourceId, RoleAssignmentId};
 use crate::azure::models::RoleAssignment;
+use crate::azure::{ResourceId, RoleAssignmentId};
 
 /// Namespace of the UUID v5 assignment names (fixed forever: changing it would orphan every
 /// assignment the operator ever made).
@@ -243,7 +243,7 @@ pub fn plan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SUB: &str = "6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f";
@@ -275,7 +275,8 @@ mod tests {
         }
     }
 
-    fn observed_from(d: &DesiredAssignment, name: &str) -> ObservedAssignment {
+    /// Azure's view of `d` under `name` (shared with decide's tests).
+    pub(crate) fn observed_from(d: &DesiredAssignment, name: &str) -> ObservedAssignment {
         ObservedAssignment {
             id: RoleAssignmentId::new(d.scope.clone(), name).to_string(),
             name: name.into(),
@@ -316,14 +317,7 @@ mod tests {
         changed.condition = Some("old".into());
         let observed =
             vec![observed_from(&want[0], &want[0].name), changed, observed_from(&want[2], "someone-elses-name")];
-        let p = plan(
-            &want,
-            &observed,
-            &[id_of(&want[3])],
-            &[],
-            &OtherGrants::default(),
-            &me("2026-01-01T00:00:00Z"),
-        );
+        let p = plan(&want, &observed, &[id_of(&want[3])], &[], &OtherGrants::default(), &me("2026-01-01T00:00:00Z"));
         assert_eq!(p.steps[0], Step::InSync);
         assert_eq!(p.steps[1], Step::Update);
         assert!(

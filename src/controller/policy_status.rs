@@ -24,17 +24,23 @@ pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Ac
     };
     let (ready, governed_namespaces, governed_grants) = match validated {
         Ok(valid) => {
-            let namespaces: Vec<String> = ctx.index
+            let namespaces: Vec<String> = ctx
+                .index
                 .namespace_names()
                 .into_iter()
                 .filter(|ns| selects(&valid.namespace_selector, &ctx.index.namespace_labels(ns)))
                 .collect();
-            let grants = ctx.index
+            let grants = ctx
+                .index
                 .grants()
                 .iter()
                 .filter(|g| g.metadata.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns)))
                 .count();
-            (Decided::new(conditions::READY, true, crate::api::Reason::Valid, "the policy is in force"), namespaces.len(), grants)
+            (
+                Decided::new(conditions::READY, true, crate::api::Reason::Valid, "the policy is in force"),
+                namespaces.len(),
+                grants,
+            )
         }
         Err(errors) => (
             Decided::new(

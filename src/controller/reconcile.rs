@@ -18,13 +18,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::{Context, grant_key as key};
 use super::conditions;
 use super::decide::{self, Inputs, RoleLookup};
 use super::events::GrantEvent;
 use super::plan::{ObservedAssignment, Precedence};
 use super::report::{self, Report};
 use super::retry::RetryClass;
+use super::{Context, grant_key as key};
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
 use crate::api::{DatabricksIdentityGrant, DatabricksIdentityGrantStatus, ManagementPolicy, Reason};
 use crate::azure::{ArmClient, ArmError, RoleAssignmentId};
@@ -194,7 +194,12 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let validated = match validate_grant_spec(&grant.spec) {
         Ok(v) => v,
         Err(errors) => {
-            let report = report::stopped(report::carried(&previous), Reason::InvalidSpec, errors.to_string(), RetryClass::Slowly);
+            let report = report::stopped(
+                report::carried(&previous),
+                Reason::InvalidSpec,
+                errors.to_string(),
+                RetryClass::Slowly,
+            );
             persist(grant, grant.resource_version(), ctx, report, &previous).await?;
             return Ok(Action::await_change());
         }
@@ -202,7 +207,12 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let arm = match arm_client(grant, &validated, ctx).await {
         Ok(arm) => arm,
         Err(problem) => {
-            let report = report::stopped(report::carried(&previous), Reason::CredentialError, problem.to_string(), RetryClass::Slowly);
+            let report = report::stopped(
+                report::carried(&previous),
+                Reason::CredentialError,
+                problem.to_string(),
+                RetryClass::Slowly,
+            );
             persist(grant, grant.resource_version(), ctx, report, &previous).await?;
             return Ok(Action::requeue(ctx.backoff.slow_retry()));
         }
@@ -274,7 +284,7 @@ async fn resolve_roles(
     arm: &ArmClient,
     validated: &ValidatedGrant,
     have_principal: bool,
-    prejudged: &[Option<(crate::policy::evaluate::DenialReason, String)>],
+    prejudged: &[Option<(Reason, String)>],
 ) -> Vec<RoleLookup> {
     let mut roles = Vec::with_capacity(validated.role_assignments.len());
     for (index, ra) in validated.role_assignments.iter().enumerate() {

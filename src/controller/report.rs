@@ -15,9 +15,14 @@ use crate::azure::{ArmError, RoleAssignmentId};
 pub enum WriteOutcome {
     /// The assignment is in Azure as desired; `created` when Azure made it (201), not when it
     /// was already there or updated in place.
-    Written { created: bool },
+    Written {
+        created: bool,
+    },
     /// Someone else's assignment for the tuple exists (listed too late to be seen): adopted.
-    Exists { existing: Option<String>, message: String },
+    Exists {
+        existing: Option<String>,
+        message: String,
+    },
     Failed(ArmError),
 }
 
@@ -26,7 +31,9 @@ pub enum WriteOutcome {
 pub enum RemovalOutcome {
     /// Gone. `confirmed`: Azure answered the DELETE itself (not a 404 for a scope or an
     /// assignment already gone).
-    Removed { confirmed: bool },
+    Removed {
+        confirmed: bool,
+    },
     Failed(ArmError),
 }
 
@@ -117,7 +124,8 @@ pub fn report(
                 } else if created {
                     events.push(GrantEvent::new(Reason::Created, format!("assigned {about}")));
                 } else if matches!(write.step, super::plan::Step::Update) {
-                    events.push(GrantEvent::new(Reason::Updated, format!("updated condition or description of {about}")));
+                    events
+                        .push(GrantEvent::new(Reason::Updated, format!("updated condition or description of {about}")));
                 }
             }
             WriteOutcome::Exists { existing, message } => {
@@ -128,7 +136,10 @@ pub fn report(
                     "an assignment for this principal, role and scope already exists ({message}); the operator uses it and never deletes it"
                 ));
                 let existing = existing.unwrap_or_else(|| "(not yet listed)".into());
-                events.push(GrantEvent::new(Reason::Adopted, format!("adopted existing assignment {existing} for {about}")));
+                events.push(GrantEvent::new(
+                    Reason::Adopted,
+                    format!("adopted existing assignment {existing} for {about}"),
+                ));
             }
             WriteOutcome::Failed(e) => {
                 // Kept while the write is retried (even a refused one: dropping it and recording
@@ -190,7 +201,9 @@ pub fn report(
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            e.unwrap_or_else(|| entry(spec, i, AssignmentState::Pending, Reason::Pending, Some("not yet processed".into())))
+            e.unwrap_or_else(|| {
+                entry(spec, i, AssignmentState::Pending, Reason::Pending, Some("not yet processed".into()))
+            })
         })
         .collect();
     let mut conditions = decision.conditions;
@@ -199,7 +212,11 @@ pub fn report(
 }
 
 /// `InSync` and `Ready` from the settled entries (and sets `assigned`).
-fn sync_and_ready(status: &mut DatabricksIdentityGrantStatus, pending_removals: &[String], observe: bool) -> [Decided; 2] {
+fn sync_and_ready(
+    status: &mut DatabricksIdentityGrantStatus,
+    pending_removals: &[String],
+    observe: bool,
+) -> [Decided; 2] {
     let in_place = |state: AssignmentState| matches!(state, AssignmentState::Assigned | AssignmentState::Adopted);
     let total = status.role_assignments.len();
     let done = status.role_assignments.iter().filter(|e| in_place(e.state)).count();
@@ -222,7 +239,9 @@ fn sync_and_ready(status: &mut DatabricksIdentityGrantStatus, pending_removals: 
             .role_assignments
             .iter()
             .filter(|e| !in_place(e.state))
-            .map(|e| format!("{} at {}: {}", e.role, e.scope, e.message.clone().or(e.reason.clone()).unwrap_or_default()))
+            .map(|e| {
+                format!("{} at {}: {}", e.role, e.scope, e.message.clone().or(e.reason.clone()).unwrap_or_default())
+            })
             .collect();
         why.extend(pending_removals.iter().map(|r| format!("removal pending: {r}")));
         Decided::new(conditions::IN_SYNC, false, Reason::OutOfSync, why.join("; "))
@@ -236,7 +255,12 @@ fn sync_and_ready(status: &mut DatabricksIdentityGrantStatus, pending_removals: 
             conditions::READY,
             false,
             e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending),
-            format!("{done}/{total} role assignments in place; {} at {}: {}", e.role, e.scope, e.message.clone().unwrap_or_default()),
+            format!(
+                "{done}/{total} role assignments in place; {} at {}: {}",
+                e.role,
+                e.scope,
+                e.message.clone().unwrap_or_default()
+            ),
         ),
     };
     [in_sync, ready]

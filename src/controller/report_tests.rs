@@ -82,28 +82,86 @@ fn write_outcomes() {
     let throttled = ArmError::Throttled { code: "TooManyRequests".into(), message: "m".into(), retry_after: None };
     let refused = ArmError::AuthorizationFailed { message: "no".into() };
     let rows = vec![
-        ("created", Step::Create { drift: false }, WriteOutcome::Written { created: true },
-            (AssignmentState::Assigned, Reason::Assigned), vec![Reason::Created], (true, Reason::Ready), RetryClass::Resync, false),
-        ("recreated after drift", Step::Create { drift: true }, WriteOutcome::Written { created: true },
-            (AssignmentState::Assigned, Reason::Assigned), vec![Reason::DriftCorrected], (true, Reason::Ready), RetryClass::Resync, false),
-        ("already there (a re-PUT)", Step::Create { drift: false }, WriteOutcome::Written { created: false },
-            (AssignmentState::Assigned, Reason::Assigned), vec![], (true, Reason::Ready), RetryClass::Resync, false),
-        ("updated in place", Step::Update, WriteOutcome::Written { created: false },
-            (AssignmentState::Assigned, Reason::Assigned), vec![Reason::Updated], (true, Reason::Ready), RetryClass::Resync, false),
-        ("someone else's, listed late", Step::Create { drift: false }, WriteOutcome::Exists { existing: None, message: "exists".into() },
-            (AssignmentState::Adopted, Reason::Adopted), vec![Reason::Adopted], (true, Reason::Ready), RetryClass::Resync, false),
-        ("throttled", Step::Create { drift: false }, WriteOutcome::Failed(throttled),
-            (AssignmentState::Pending, Reason::TooManyRequests), vec![], (false, Reason::TooManyRequests), RetryClass::Soon(None), true),
-        ("refused", Step::Create { drift: false }, WriteOutcome::Failed(refused),
-            (AssignmentState::Failed, Reason::AuthorizationFailed), vec![Reason::AssignmentFailed], (false, Reason::AuthorizationFailed), RetryClass::Slowly, true),
+        (
+            "created",
+            Step::Create { drift: false },
+            WriteOutcome::Written { created: true },
+            (AssignmentState::Assigned, Reason::Assigned),
+            vec![Reason::Created],
+            (true, Reason::Ready),
+            RetryClass::Resync,
+            false,
+        ),
+        (
+            "recreated after drift",
+            Step::Create { drift: true },
+            WriteOutcome::Written { created: true },
+            (AssignmentState::Assigned, Reason::Assigned),
+            vec![Reason::DriftCorrected],
+            (true, Reason::Ready),
+            RetryClass::Resync,
+            false,
+        ),
+        (
+            "already there (a re-PUT)",
+            Step::Create { drift: false },
+            WriteOutcome::Written { created: false },
+            (AssignmentState::Assigned, Reason::Assigned),
+            vec![],
+            (true, Reason::Ready),
+            RetryClass::Resync,
+            false,
+        ),
+        (
+            "updated in place",
+            Step::Update,
+            WriteOutcome::Written { created: false },
+            (AssignmentState::Assigned, Reason::Assigned),
+            vec![Reason::Updated],
+            (true, Reason::Ready),
+            RetryClass::Resync,
+            false,
+        ),
+        (
+            "someone else's, listed late",
+            Step::Create { drift: false },
+            WriteOutcome::Exists { existing: None, message: "exists".into() },
+            (AssignmentState::Adopted, Reason::Adopted),
+            vec![Reason::Adopted],
+            (true, Reason::Ready),
+            RetryClass::Resync,
+            false,
+        ),
+        (
+            "throttled",
+            Step::Create { drift: false },
+            WriteOutcome::Failed(throttled),
+            (AssignmentState::Pending, Reason::TooManyRequests),
+            vec![],
+            (false, Reason::TooManyRequests),
+            RetryClass::Soon(None),
+            true,
+        ),
+        (
+            "refused",
+            Step::Create { drift: false },
+            WriteOutcome::Failed(refused),
+            (AssignmentState::Failed, Reason::AuthorizationFailed),
+            vec![Reason::AssignmentFailed],
+            (false, Reason::AuthorizationFailed),
+            RetryClass::Slowly,
+            true,
+        ),
     ];
     for (name, step, outcome, entry, events, ready_is, retry, intent_kept) in rows {
         let created = matches!(&outcome, WriteOutcome::Written { created: true });
         let drift = matches!(step, Step::Create { drift: true });
-        let r = report(&spec(false), &DatabricksIdentityGrantStatus::default(), decision(Some(step), vec![], true), Executed {
-            writes: vec![outcome],
-            removals: vec![],
-        });
+        let r = report(
+            &spec(false),
+            &DatabricksIdentityGrantStatus::default(),
+            decision(Some(step), vec![], true),
+            Executed { writes: vec![outcome], removals: vec![] },
+        );
         assert_eq!(entry_of(&r), entry, "{name}");
         assert_eq!(reasons(&r), events, "{name}");
         assert_eq!(ready(&r), ready_is, "{name}");
@@ -119,13 +177,19 @@ fn write_outcomes() {
 
 #[test]
 fn removal_outcomes() {
-    let stale = RoleAssignmentId::new(ResourceId::resource_group(SUB, "rg-old"), "44444444-4444-4444-4444-444444444444");
+    let stale =
+        RoleAssignmentId::new(ResourceId::resource_group(SUB, "rg-old"), "44444444-4444-4444-4444-444444444444");
     let in_sync = |r: &Report| r.conditions.iter().find(|c| c.type_ == conditions::IN_SYNC).map(|c| c.reason);
 
     let removed = |outcome| {
         let mut d = decision(None, vec![stale.clone()], true);
         d.entries = vec![Some(entry(&spec(false), 0, AssignmentState::Assigned, Reason::Assigned, None))];
-        report(&spec(false), &DatabricksIdentityGrantStatus::default(), d, Executed { writes: vec![], removals: vec![outcome] })
+        report(
+            &spec(false),
+            &DatabricksIdentityGrantStatus::default(),
+            d,
+            Executed { writes: vec![], removals: vec![outcome] },
+        )
     };
     let r = removed(RemovalOutcome::Removed { confirmed: true });
     assert_eq!(reasons(&r), vec![Reason::Deleted]);
@@ -143,10 +207,12 @@ fn removal_outcomes() {
     d.managed.clear();
     d.creating.insert(stale.key(), stale.to_string());
     d.entries = vec![Some(entry(&spec(false), 0, AssignmentState::Assigned, Reason::Assigned, None))];
-    let r = report(&spec(false), &DatabricksIdentityGrantStatus::default(), d, Executed {
-        writes: vec![],
-        removals: vec![RemovalOutcome::Removed { confirmed: false }],
-    });
+    let r = report(
+        &spec(false),
+        &DatabricksIdentityGrantStatus::default(),
+        d,
+        Executed { writes: vec![], removals: vec![RemovalOutcome::Removed { confirmed: false }] },
+    );
     assert!(r.events.is_empty(), "{:?}", r.events);
     assert!(r.status.creating_assignments.is_empty());
 
@@ -175,7 +241,12 @@ fn early_stops() {
         assigned: Some("1/1".into()),
         ..Default::default()
     };
-    let r = stopped(carried(&previous), Reason::InvalidSpec, "spec.roleAssignments[0].scope: bad".into(), RetryClass::Slowly);
+    let r = stopped(
+        carried(&previous),
+        Reason::InvalidSpec,
+        "spec.roleAssignments[0].scope: bad".into(),
+        RetryClass::Slowly,
+    );
     assert_eq!(ready(&r), (false, Reason::InvalidSpec));
     assert_eq!(reasons(&r), vec![Reason::InvalidSpec]);
     assert_eq!(r.status.managed_assignments, vec!["kept".to_owned()], "what it created stays on record");

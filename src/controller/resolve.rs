@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::api::{PrincipalType, Reason};
 use crate::api::validation::ValidatedIdentity;
+use crate::api::{PrincipalType, Reason};
 use crate::azure::models::{Permission, RoleAssignment, RoleDefinition};
 use crate::azure::role_ref::ROLE_DEFINITION_TYPE;
 use crate::azure::{ArmClient, ArmError, ResourceId, RoleRef};
@@ -189,10 +189,9 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
             identity_resource_id: None,
         }),
         ValidatedIdentity::WorkspaceManagedIdentity { workspace } => {
-            let ws = arm
-                .get_workspace(workspace)
-                .await
-                .map_err(|e| ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e))?;
+            let ws = arm.get_workspace(workspace).await.map_err(|e| {
+                ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e)
+            })?;
             let managed_rg = ResourceId::parse(&ws.properties.managed_resource_group_id).map_err(|e| {
                 ResolveError::missing(
                     Reason::NoManagedIdentity,
@@ -222,10 +221,9 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
             })
         }
         ValidatedIdentity::WorkspaceAccessConnector { workspace } => {
-            let ws = arm
-                .get_workspace(workspace)
-                .await
-                .map_err(|e| ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e))?;
+            let ws = arm.get_workspace(workspace).await.map_err(|e| {
+                ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e)
+            })?;
             let Some(link) = ws.properties.access_connector else {
                 return Err(ResolveError::missing(
                     Reason::NoLinkedAccessConnector,

@@ -122,7 +122,8 @@ mod tests {
         assert_eq!(RetryClass::of(Reason::Ready, None), RetryClass::Resync);
         assert_eq!(RetryClass::of(Reason::TooManyRequests, Some(SECOND)), RetryClass::Soon(Some(SECOND)));
         assert_eq!(RetryClass::of(Reason::RoleNotFound, Some(SECOND)), RetryClass::Slowly);
-        let throttled = ArmError::Throttled { code: "TooManyRequests".into(), message: "m".into(), retry_after: Some(SECOND) };
+        let throttled =
+            ArmError::Throttled { code: "TooManyRequests".into(), message: "m".into(), retry_after: Some(SECOND) };
         assert_eq!(RetryClass::of_arm(&throttled), RetryClass::Soon(Some(SECOND)));
     }
 

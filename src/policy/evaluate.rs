@@ -6,6 +6,7 @@
 //! identity, role and scope patterns match, and that policy's rules on privileged roles, data
 //! roles on a workspace's managed identity, and assignments per grant do not deny it.
 
+use crate::api::Reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -71,30 +72,11 @@ pub struct Request<'a> {
     pub position: usize,
 }
 
-/// Why an assignment is denied (the reasons the PolicyCompliant condition lists).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DenialReason {
-    NoGrantPolicy,
-    IdentityNotAllowed,
-    RoleNotAllowed,
-    ScopeNotAllowed,
-    PrivilegedRole,
-    DataRoleOnWorkspaceIdentity,
-    TooManyAssignments,
-}
-
-impl DenialReason {
-    /// Its reason code (see [`crate::api::Reason`]).
-    pub fn as_str(self) -> &'static str {
-        crate::api::Reason::from(self).code()
-    }
-}
-
 /// The outcome for one assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allowed { by: String, warning: Option<String> },
-    Denied { reason: DenialReason, message: String },
+    Denied { reason: Reason, message: String },
 }
 
 /// A policy that governs the grant's namespace.
@@ -121,37 +103,34 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
                 warning: None,
             },
             PolicyMode::Require => Verdict::Denied {
-                reason: DenialReason::NoGrantPolicy,
+                reason: Reason::NoGrantPolicy,
                 message: "no GrantPolicy governs this namespace, and the operator requires one".into(),
             },
         };
     }
     let scope = request.scope.to_string();
     // The denial from the policy that came closest, for a message that helps.
-    let mut best: Option<(DenialReason, String)> = None;
+    let mut best: Option<(Reason, String)> = None;
     for g in governing {
         let p = g.policy;
         let denial = if !p.identities.iter().any(|glob| glob.matches(&request.identity)) {
             Some((
-                DenialReason::IdentityNotAllowed,
+                Reason::IdentityNotAllowed,
                 format!("identity {} matches none of GrantPolicy {}'s identities", request.identity, g.name),
             ))
         } else if !p.roles.iter().any(|r| role_matches(r, &request.role)) {
             Some((
-                DenialReason::RoleNotAllowed,
+                Reason::RoleNotAllowed,
                 format!(
                     "role {} ({}) is not among GrantPolicy {}'s roles",
                     request.role.name, request.role.guid, g.name
                 ),
             ))
         } else if !p.scopes.iter().any(|glob| glob.matches(&scope)) {
-            Some((
-                DenialReason::ScopeNotAllowed,
-                format!("scope {scope} matches none of GrantPolicy {}'s scopes", g.name),
-            ))
+            Some((Reason::ScopeNotAllowed, format!("scope {scope} matches none of GrantPolicy {}'s scopes", g.name)))
         } else if request.role.is_privileged() && !p.allow_privileged_roles {
             Some((
-                DenialReason::PrivilegedRole,
+                Reason::PrivilegedRole,
                 format!(
                     "role {} can grant access or control everything; GrantPolicy {} does not set allowPrivilegedRoles",
                     request.role.name, g.name
@@ -162,7 +141,7 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
             && p.workspace_managed_identity_data_roles == DataRolePolicy::Deny
         {
             Some((
-                DenialReason::DataRoleOnWorkspaceIdentity,
+                Reason::DataRoleOnWorkspaceIdentity,
                 format!(
                     "role {} grants data access, and GrantPolicy {} denies data roles on a workspace's managed identity: use an Access Connector",
                     request.role.name, g.name
@@ -170,7 +149,7 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
             ))
         } else if request.position >= p.max_role_assignments_per_grant {
             Some((
-                DenialReason::TooManyAssignments,
+                Reason::TooManyAssignments,
                 format!(
                     "GrantPolicy {} allows {} role assignments per grant; this is number {}",
                     g.name,
@@ -195,7 +174,7 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
             }
         }
     }
-    let (reason, message) = best.unwrap_or((DenialReason::NoGrantPolicy, "no GrantPolicy allows it".into()));
+    let (reason, message) = best.unwrap_or((Reason::NoGrantPolicy, "no GrantPolicy allows it".into()));
     Verdict::Denied { reason, message }
 }
 
@@ -209,12 +188,12 @@ pub fn prejudge(
     mode: PolicyMode,
     identity: &str,
     scope: &ResourceId,
-) -> Option<(DenialReason, String)> {
+) -> Option<(Reason, String)> {
     if governing.is_empty() {
         return match mode {
             PolicyMode::Permissive => None,
             PolicyMode::Require => Some((
-                DenialReason::NoGrantPolicy,
+                Reason::NoGrantPolicy,
                 "no GrantPolicy governs this namespace, and the operator requires one".into(),
             )),
         };
@@ -228,12 +207,12 @@ pub fn prejudge(
     let names = governing.iter().map(|g| g.name).collect::<Vec<_>>().join(", ");
     Some(if governing.iter().any(|g| identity_ok(g.policy)) {
         (
-            DenialReason::ScopeNotAllowed,
+            Reason::ScopeNotAllowed,
             format!("scope {scope_text} matches none of the scopes of GrantPolicy {names} that allow this identity"),
         )
     } else {
         (
-            DenialReason::IdentityNotAllowed,
+            Reason::IdentityNotAllowed,
             format!("identity {identity} matches none of the identities of GrantPolicy {names}"),
         )
     })
@@ -297,7 +276,7 @@ mod tests {
         scope: String,
         position: usize,
         policy: serde_json::Value,
-        expect: Result<bool, DenialReason>, // Ok(warned) or the denial
+        expect: Result<bool, Reason>, // Ok(warned) or the denial
     }
 
     fn ws() -> String {
@@ -351,7 +330,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::IdentityNotAllowed),
+                expect: Err(Reason::IdentityNotAllowed),
             },
             Case {
                 what: "case variants of the identity are the same identity",
@@ -371,7 +350,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::RoleNotAllowed),
+                expect: Err(Reason::RoleNotAllowed),
             },
             Case {
                 what: "scope outside",
@@ -381,7 +360,7 @@ mod tests {
                 scope: format!("/subscriptions/{SUB}/resourceGroups/rg-security"),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::ScopeNotAllowed),
+                expect: Err(Reason::ScopeNotAllowed),
             },
             Case {
                 what: "rg-lake-evil is not rg-lake",
@@ -391,7 +370,7 @@ mod tests {
                 scope: format!("/subscriptions/{SUB}/resourceGroups/rg-lake-evil"),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::ScopeNotAllowed),
+                expect: Err(Reason::ScopeNotAllowed),
             },
             Case {
                 what: "case variant of the scope",
@@ -411,7 +390,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::PrivilegedRole),
+                expect: Err(Reason::PrivilegedRole),
             },
             Case {
                 what: "Owner listed by GUID and by another subscription's full id",
@@ -421,7 +400,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({"roles": [OWNER, format!("/subscriptions/{OTHER_SUB}/providers/Microsoft.Authorization/roleDefinitions/{OWNER}")]}),
-                expect: Err(DenialReason::PrivilegedRole),
+                expect: Err(Reason::PrivilegedRole),
             },
             Case {
                 what: "Owner allowed when the policy says so",
@@ -445,7 +424,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({"roles": ["*"]}),
-                expect: Err(DenialReason::PrivilegedRole),
+                expect: Err(Reason::PrivilegedRole),
             },
             Case {
                 what: "custom role that can write assignments through a wildcard",
@@ -459,7 +438,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({"roles": ["*"]}),
-                expect: Err(DenialReason::PrivilegedRole),
+                expect: Err(Reason::PrivilegedRole),
             },
             Case {
                 what: "'*' allows ordinary roles",
@@ -489,7 +468,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({"workspaceManagedIdentityDataRoles": "Deny"}),
-                expect: Err(DenialReason::DataRoleOnWorkspaceIdentity),
+                expect: Err(Reason::DataRoleOnWorkspaceIdentity),
             },
             Case {
                 what: "data role on dbmanagedidentity allowed",
@@ -519,7 +498,7 @@ mod tests {
                 scope: lake(""),
                 position: 2,
                 policy: json!({"maxRoleAssignmentsPerGrant": 2}),
-                expect: Err(DenialReason::TooManyAssignments),
+                expect: Err(Reason::TooManyAssignments),
             },
             Case {
                 what: "a bare principal needs a /principals/ pattern",
@@ -529,7 +508,7 @@ mod tests {
                 scope: lake(""),
                 position: 0,
                 policy: json!({}),
-                expect: Err(DenialReason::IdentityNotAllowed),
+                expect: Err(Reason::IdentityNotAllowed),
             },
             Case {
                 what: "…and is allowed by one",
@@ -590,14 +569,14 @@ mod tests {
         assert_eq!(prejudge(&governing, PolicyMode::Require, &ws(), &inside), None);
         assert_eq!(
             prejudge(&governing, PolicyMode::Require, &ws(), &outside).map(|d| d.0),
-            Some(DenialReason::ScopeNotAllowed)
+            Some(Reason::ScopeNotAllowed)
         );
         assert_eq!(
             prejudge(&governing, PolicyMode::Require, "/principals/00000000-0000-0000-0000-000000000001", &inside)
                 .map(|d| d.0),
-            Some(DenialReason::IdentityNotAllowed)
+            Some(Reason::IdentityNotAllowed)
         );
-        assert_eq!(prejudge(&[], PolicyMode::Require, &ws(), &inside).map(|d| d.0), Some(DenialReason::NoGrantPolicy));
+        assert_eq!(prejudge(&[], PolicyMode::Require, &ws(), &inside).map(|d| d.0), Some(Reason::NoGrantPolicy));
         assert_eq!(prejudge(&[], PolicyMode::Permissive, &ws(), &inside), None);
         // Whatever passes here is still judged whole by `evaluate` once the role is resolved.
     }
@@ -615,7 +594,7 @@ mod tests {
         };
         assert!(matches!(
             evaluate(&[], PolicyMode::Require, &request),
-            Verdict::Denied { reason: DenialReason::NoGrantPolicy, .. }
+            Verdict::Denied { reason: Reason::NoGrantPolicy, .. }
         ));
         assert!(matches!(evaluate(&[], PolicyMode::Permissive, &request), Verdict::Allowed { .. }));
     }
@@ -639,7 +618,7 @@ mod tests {
             PolicyMode::Require,
             &request,
         );
-        assert!(matches!(verdict, Verdict::Denied { reason: DenialReason::ScopeNotAllowed, .. }), "{verdict:?}");
+        assert!(matches!(verdict, Verdict::Denied { reason: Reason::ScopeNotAllowed, .. }), "{verdict:?}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! manifests — by the CRD schema and its CEL rules (what the API server does at admission) and
 //! by the Rust validation the controller runs.
 
-
 use std::path::PathBuf;
 
 use crate::common::{yaml_documents, yaml_files};

@@ -3,7 +3,6 @@
 //! assignment limit reached. Only the grants concerned fail, each with a specific reason; the
 //! rest stay Ready; each scenario ends with the invariant.
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -1,7 +1,6 @@
 //! The Azure layer end to end: the real `ArmClient` and azure_identity credentials against the
 //! HTTPS ARM emulator. Each test starts its own emulator on a free port.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -610,8 +609,10 @@ async fn hostile_responses_are_errors_never_panics_or_hangs() {
 
 #[tokio::test]
 async fn hostile_throttling_headers_are_ignored_or_capped_never_a_panic() {
-    let _scenario =
-        crate::common::scenario("Bad input", "hostile throttling headers: -inf/NaN/1e300 remaining, a 2^64 s Retry-After");
+    let _scenario = crate::common::scenario(
+        "Bad input",
+        "hostile throttling headers: -inf/NaN/1e300 remaining, a 2^64 s Retry-After",
+    );
     use dbx_identity_operator::sandbox::arm::HostileResponse;
     let f = fixture_with(StateConfig::default(), ThrottleConfig { enabled: false, ..ThrottleConfig::default() }).await;
     f.arm

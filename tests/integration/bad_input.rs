@@ -3,7 +3,6 @@
 //! nothing reaches Azure). Messages quote at most a little of the input, so a 1 MB id never
 //! becomes a 1 MB status.
 
-
 use crate::common::*;
 use dbx_identity_operator::api::{DatabricksIdentityGrant, GrantPolicy};
 use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
@@ -475,7 +474,8 @@ async fn wait_for_raw_reason(api: &Api<DynamicObject>, name: &str, reason: &str,
 /// reported by name, the rest keep working, and deleting one still cleans up.
 #[tokio::test]
 async fn wrongly_typed_objects_past_admission_are_reported_and_stall_nothing() {
-    let _scenario = crate::common::scenario("Bad input", "wrongly typed objects past admission: reported, nothing stalls");
+    let _scenario =
+        crate::common::scenario("Bad input", "wrongly typed objects past admission: reported, nothing stalls");
     let h = harness(Default::default()).await;
     h.apply(&grant("kept", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("kept").await;

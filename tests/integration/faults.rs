@@ -1,7 +1,6 @@
 //! Faults while grants converge: each scenario ends with the invariant (Azure holds exactly what
 //! live grants report, plus foreign assignments; no tuple twice) and with every grant Ready.
 
-
 use std::time::Duration;
 
 use crate::common::*;
@@ -90,8 +89,10 @@ async fn token_outage_then_recovery() {
 /// Kubernetes: watches cut repeatedly and API errors (including on status patches) for a while.
 #[tokio::test]
 async fn watch_cuts_and_api_server_errors() {
-    let _scenario =
-        crate::common::scenario("Faults: Kubernetes", "watch streams cut repeatedly; API errors on reads and status patches");
+    let _scenario = crate::common::scenario(
+        "Faults: Kubernetes",
+        "watch streams cut repeatedly; API errors on reads and status patches",
+    );
     let h = harness(StateConfig::default()).await;
     let names = apply_grants(&h, "kube").await;
     for _ in 0..5 {
@@ -172,7 +173,8 @@ async fn finalizer_update_conflicts() {
 /// converges once the principal shows up.
 #[tokio::test]
 async fn principal_not_found_for_a_long_while() {
-    let _scenario = crate::common::scenario("Faults: ARM", "PrincipalNotFound for a long while after the identity is created");
+    let _scenario =
+        crate::common::scenario("Faults: ARM", "PrincipalNotFound for a long while after the identity is created");
     let delay = Duration::from_secs(20);
     let h =
         harness(StateConfig { replication_delay: delay, replication_delay_with_type: delay, ..StateConfig::default() })

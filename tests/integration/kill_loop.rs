@@ -3,7 +3,6 @@
 //! that records it, 50 times over a changing workload; then two replicas with the leader
 //! SIGKILLed mid-work. Each ends with every grant in its final state and the invariant.
 
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! Two replicas with leader election against the sandbox: only the leader reconciles; when it
 //! shuts down it releases the Lease and the standby takes over.
 
-
 use std::time::Duration;
 
 use crate::common::*;
@@ -78,8 +77,10 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
 
 #[tokio::test]
 async fn a_leader_whose_controllers_stop_releases_the_lease_and_fails() {
-    let _scenario =
-        crate::common::scenario("Faults: process", "leader election: controllers stop while leading (no zombie leader)");
+    let _scenario = crate::common::scenario(
+        "Faults: process",
+        "leader election: controllers stop while leading (no zombie leader)",
+    );
     let h = harness(StateConfig::default()).await;
     let _ = h.stop_controller().await;
     let metrics = Metrics::new();

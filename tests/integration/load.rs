@@ -5,7 +5,6 @@
 //! scale benchmark's bound (see `RELEASE_FILE_RSS_MIB` for how a test build is held to it). `DBX_LOAD_OPERATOR=<path>` runs another build of the operator (the
 //! release binary, to measure what ships).
 
-
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The secret scan every scenario relies on (tests/common): it sees the in-process operator's
 //! logs, and it catches a secret.
 
-
 use crate::common::*;
 use dbx_identity_operator::sandbox::arm::StateConfig;
 use serde_json::json;

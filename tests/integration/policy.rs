@@ -1,7 +1,6 @@
 //! GrantPolicy end to end (policy mode `require`): denial, partial allowance, removal when a
 //! policy tightens, convergence when it loosens, relabelled namespaces, and policy status.
 
-
 use std::time::Duration;
 
 use crate::common::*;

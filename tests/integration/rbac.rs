@@ -4,7 +4,6 @@
 //! request it makes, as the Kubernetes emulator recorded it, must be allowed by a rule of the
 //! chart's ClusterRole or (in the release namespace) Role, and every rule must be used.
 
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! Kubernetes and ARM emulators. Every test ends by checking the invariant: Azure's role
 //! assignments are exactly those live grants want, plus adopted, foreign and retained ones.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 

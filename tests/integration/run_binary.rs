@@ -2,7 +2,6 @@
 //! kubeconfig): it converges a grant, never logs a secret (even at trace level), and on SIGTERM
 //! finishes, releases its Lease and exits cleanly.
 
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,125 @@
+//! Background tasks beside the controllers: readiness, the grant gauges, and the scope
+//! refresher that finds drift with one read per scope.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use kube::Api;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::api::DatabricksIdentityGrant;
+use crate::azure::ResourceId;
+
+/// Readiness, the same for a leader and a standby: the API server answers and serves the grant
+/// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
+/// so a Deployment of two replicas reports 2/2 and rollouts finish; a replica that cannot reach
+/// the API server is not. Started once per process, by whichever of [`run`] and
+/// [`run_with_leader_election`] comes first.
+pub fn spawn_readiness(ctx: &Arc<Context>) {
+    if ctx.readiness.set(()).is_err() {
+        return;
+    }
+    let (client, metrics) = (ctx.client.clone(), ctx.metrics.clone());
+    tokio::spawn(async move {
+        let grants: Api<DatabricksIdentityGrant> = Api::all(client);
+        // Metadata only: one unreadable grant must not make the operator unready.
+        let params = kube::api::ListParams::default().limit(1);
+        loop {
+            let reachable = tokio::time::timeout(Duration::from_secs(5), grants.list_metadata(&params)).await;
+            let ready = matches!(reachable, Ok(Ok(_)));
+            if metrics.ready.swap(ready, Ordering::Relaxed) != ready {
+                match &reachable {
+                    Ok(Ok(_)) => info!("ready: the API server answers"),
+                    Ok(Err(e)) => warn!(error = %e, "not ready: cannot list grants"),
+                    Err(_) => warn!("not ready: listing grants timed out"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(if ready { 5 } else { 2 })).await;
+        }
+    });
+}
+
+/// Keeps the grant gauges current (on the replica that reconciles).
+pub(super) fn spawn_gauges(ctx: Arc<Context>) {
+    tokio::spawn(async move {
+        loop {
+            let grants = ctx.index.grants();
+            let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
+            let mut managed = 0i64;
+            for g in &grants {
+                let ready = g
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.conditions)
+                    .find(|c| c.type_ == "Ready")
+                    .map_or("Unknown", |c| if c.status == "True" { "True" } else { "False" });
+                *by_ready.entry(ready).or_default() += 1;
+                managed += g.status.as_ref().map_or(0, |s| s.managed_assignments.len() as i64);
+            }
+            for (ready, n) in by_ready {
+                ctx.metrics.grants.get_or_create(&crate::telemetry::ReadyLabels { ready: ready.into() }).set(n);
+            }
+            ctx.metrics.managed_role_assignments.set(managed);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+}
+
+/// Lists every scope in use once per resync interval (not once per grant) and wakes the grants
+/// at a scope whose assignments changed in Azure: drift heals within one interval at a cost of
+/// one read per scope.
+pub(super) fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        // Due one tick early, so each scope is listed once per resync interval, never twice.
+        let interval = ctx.settings.drift_check_interval.unwrap_or(ctx.settings.resync_interval);
+        let tick = (interval / 50).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period = interval.saturating_sub(tick);
+        let stopped = shutdown_signal(shutdown).shared();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = stopped.clone() => break,
+            }
+            let arm = ctx.arm.operator().clone();
+            let in_use_for = interval.max(ctx.settings.resync_interval) * 2;
+            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period.max(tick), in_use_for))
+                .map(|scope| {
+                    let (ctx, arm) = (ctx.clone(), arm.clone());
+                    async move {
+                        let _permit = ctx.concurrency.arm_permit(&scope).await;
+                        match ctx.scopes.refresh(&arm, &scope).await {
+                            Ok(true) => Some(scope),
+                            Ok(false) => None,
+                            Err(e) => {
+                                tracing::debug!(%scope, error = %e, "scope refresh failed; grants there list it themselves");
+                                None
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(4)
+                .filter_map(futures::future::ready)
+                .collect()
+                .await;
+            if !changed.is_empty() {
+                tracing::debug!(
+                    scopes = changed.len(),
+                    "role assignments changed in Azure; reconciling the grants there"
+                );
+                ctx.reconcile_grants_at(&changed);
+            }
+        }
+    });
+}
+
+pub(super) async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+}
