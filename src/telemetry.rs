@@ -42,6 +42,8 @@ pub struct OperationLabels {
 pub struct ReadyLabels {
     /// `True`, `False` or `Unknown` (no status yet).
     pub ready: String,
+    /// The Ready condition's reason (a [`crate::api::Reason`] code; empty without one).
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,9 +116,9 @@ impl Metrics {
         let grants = Family::<ReadyLabels, Gauge>::default();
         // Present from the start, so alerts on them work before the first grant exists.
         for ready in ["True", "False", "Unknown"] {
-            grants.get_or_create(&ReadyLabels { ready: ready.into() }).set(0);
+            grants.get_or_create(&ReadyLabels { ready: ready.into(), reason: String::new() }).set(0);
         }
-        registry.register("grants", "Grants by Ready condition", grants.clone());
+        registry.register("grants", "Grants by Ready condition and its reason", grants.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica reconciles", leader.clone());
         let status_writes = Counter::default();

@@ -1,7 +1,7 @@
 //! Background tasks beside the controllers: readiness, the grant gauges, and the scope
 //! refresher that finds drift with one read per scope.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,8 +11,9 @@ use kube::Api;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::DatabricksIdentityGrant;
+use crate::api::{DatabricksIdentityGrant, Reason};
 use crate::azure::ResourceId;
+use crate::telemetry::ReadyLabels;
 
 /// Readiness, the same for a leader and a standby: the API server answers and serves the grant
 /// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
@@ -46,27 +47,42 @@ pub fn spawn_readiness(ctx: &Arc<Context>) {
 /// Keeps the grant gauges current (on the replica that reconciles).
 pub(super) fn spawn_gauges(ctx: Arc<Context>) {
     tokio::spawn(async move {
+        let mut shown: HashSet<ReadyLabels> = HashSet::new();
         loop {
-            let grants = ctx.index.grants();
-            let mut by_ready: HashMap<&str, i64> = [("True", 0), ("False", 0), ("Unknown", 0)].into();
-            let mut managed = 0i64;
-            for g in &grants {
-                let ready = g
-                    .status
-                    .iter()
-                    .flat_map(|s| &s.conditions)
-                    .find(|c| c.type_ == "Ready")
-                    .map_or("Unknown", |c| if c.status == "True" { "True" } else { "False" });
-                *by_ready.entry(ready).or_default() += 1;
-                managed += g.status.as_ref().map_or(0, |s| s.managed_assignments.len() as i64);
+            let (counts, managed) = grant_counts(&ctx.index.grants());
+            // A (ready, reason) no grant has any more reads 0, not its last count.
+            for gone in shown.iter().filter(|l| !counts.contains_key(*l)) {
+                ctx.metrics.grants.get_or_create(gone).set(0);
             }
-            for (ready, n) in by_ready {
-                ctx.metrics.grants.get_or_create(&crate::telemetry::ReadyLabels { ready: ready.into() }).set(n);
+            for (labels, n) in &counts {
+                ctx.metrics.grants.get_or_create(labels).set(*n);
             }
+            shown.extend(counts.into_keys());
             ctx.metrics.managed_role_assignments.set(managed);
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+}
+
+/// Grants by their Ready condition's status and reason, and the role assignments they own.
+/// Reasons are the closed set of [`Reason`] codes (anything else counts as `Other`), so the
+/// series stay few.
+pub fn grant_counts(grants: &[Arc<DatabricksIdentityGrant>]) -> (HashMap<ReadyLabels, i64>, i64) {
+    let mut counts: HashMap<ReadyLabels, i64> = HashMap::new();
+    let mut managed = 0i64;
+    for g in grants {
+        let ready = g.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == super::conditions::READY);
+        let labels = match ready {
+            None => ReadyLabels { ready: "Unknown".into(), reason: String::new() },
+            Some(c) => ReadyLabels {
+                ready: if c.status == "True" { "True" } else { "False" }.into(),
+                reason: Reason::from_code(&c.reason).map_or("Other", Reason::code).into(),
+            },
+        };
+        *counts.entry(labels).or_default() += 1;
+        managed += g.status.as_ref().map_or(0, |s| s.managed_assignments.len() as i64);
+    }
+    (counts, managed)
 }
 
 /// Lists every scope in use once per resync interval (not once per grant) and wakes the grants
@@ -121,5 +137,48 @@ pub(super) async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>
         if stop.changed().await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(ready: Option<(&str, &str)>, managed: usize) -> Arc<DatabricksIdentityGrant> {
+        let conditions: Vec<serde_json::Value> = ready
+            .map(|(status, reason)| {
+                serde_json::json!({"type": "Ready", "status": status, "reason": reason, "message": "",
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"})
+            })
+            .into_iter()
+            .collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "DatabricksIdentityGrant",
+                "metadata": {"name": "g", "namespace": "ns"},
+                "spec": {"identity": {"principal": {"principalId": "8cc0d77c-b2b9-56a1-a3e6-5bfe13de63fb"}}, "roleAssignments": []},
+                "status": {"conditions": conditions, "managedAssignments": vec!["x"; managed]},
+            }))
+            .expect("grant"),
+        )
+    }
+
+    #[test]
+    fn grants_counted_by_ready_and_reason() {
+        let (counts, managed) = grant_counts(&[
+            grant(Some(("True", "Ready")), 2),
+            grant(Some(("True", "Ready")), 1),
+            grant(Some(("False", "RoleNotFound")), 0),
+            grant(Some(("False", "SomethingElse")), 0),
+            grant(None, 0),
+        ]);
+        let n = |ready: &str, reason: &str| {
+            counts.get(&ReadyLabels { ready: ready.into(), reason: reason.into() }).copied()
+        };
+        assert_eq!(n("True", "Ready"), Some(2));
+        assert_eq!(n("False", "RoleNotFound"), Some(1));
+        assert_eq!(n("False", "Other"), Some(1), "unknown reasons are one series");
+        assert_eq!(n("Unknown", ""), Some(1));
+        assert_eq!(managed, 3);
     }
 }
