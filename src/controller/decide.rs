@@ -3,7 +3,7 @@
 //! other grants claim, and the grant's own records), decide each entry's outcome and the writes
 //! and removals to make. No I/O: every rule is unit-tested in `decide_tests.rs`.
 //!
-//! A reconcile is `gather` (reconcile.rs, reads) → [`judge`] and [`desired_assignments`] →
+//! A reconcile is the reads in reconcile.rs → [`judge`] and [`desired_assignments`] →
 //! [`decide`] → `execute` (writes) → `report` (status, conditions, Events).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

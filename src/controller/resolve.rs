@@ -737,3 +737,33 @@ mod scope_cache_tests {
         assert!(cache.scopes.lock().map(|s| s.is_empty()).unwrap_or(false));
     }
 }
+
+#[cfg(test)]
+mod resolver_tests {
+    use super::*;
+
+    fn role(id: &str) -> Arc<ResolvedRole> {
+        Arc::new(ResolvedRole {
+            role_definition_id: id.into(),
+            guid: Uuid::nil(),
+            role_name: "Lake Auditor".into(),
+            permissions: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_deleted_role_definition_is_forgotten_under_every_key() {
+        let resolver = Resolver::new(Duration::from_secs(600));
+        let gone = "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/aaaa";
+        put(&resolver.roles, "name|lake auditor|/subscriptions/s@op".into(), role(gone));
+        put(&resolver.roles, "guid|aaaa|s@team".into(), role(gone));
+        put(
+            &resolver.roles,
+            "name|reader|/subscriptions/s@op".into(),
+            role("/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/bbbb"),
+        );
+        resolver.forget_role_definition(&gone.to_uppercase());
+        let keys: Vec<String> = resolver.roles.lock().expect("roles").keys().cloned().collect();
+        assert_eq!(keys, ["name|reader|/subscriptions/s@op"]);
+    }
+}
