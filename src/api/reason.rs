@@ -151,37 +151,26 @@ impl Reason {
             | DriftCorrected => Health::Healthy,
             Pending | OutOfSync | CreatePlanned | UpdatePlanned | ChangesPlanned | RemovalPending
             | PrincipalNotFound | TooManyRequests | AzureUnavailable => Health::Progressing,
-            NotResolved
-            | InvalidSpec
-            | CredentialError
-            | WorkspaceNotFound
-            | AccessConnectorNotFound
-            | NoManagedIdentity
-            | NoLinkedAccessConnector
-            | AccessConnectorHasNoIdentity
-            | UserAssignedIdentityNotAttached
-            | RoleNotFound
-            | AmbiguousRole
-            | ScopeNotFound
-            | AuthorizationFailed
-            | RoleAssignmentLimitExceeded
-            | RoleAssignmentUpdateNotPermitted
-            | AzureError
-            | NoGrantPolicy
-            | IdentityNotAllowed
-            | RoleNotAllowed
-            | ScopeNotAllowed
-            | PrivilegedRole
-            | DataRoleOnWorkspaceIdentity
-            | TooManyAssignments
-            | ConflictingGrant
-            | CleanupFailed
-            | AssignmentsRetained
-            | InvalidPolicy
-            | AssignmentFailed
-            | PolicyDenied
-            | RoleNotResolved => Health::NeedsAttention,
+            // The spec, the identity, a role or scope, Azure's refusals, policy denials, cleanup.
+            _ => Health::NeedsAttention,
         }
+    }
+
+    /// A GrantPolicy's decision (an entry `Denied`, or nothing looked up because of one).
+    pub const fn is_policy_denial(self) -> bool {
+        use Reason::*;
+        matches!(
+            self,
+            NotResolved
+                | NoGrantPolicy
+                | IdentityNotAllowed
+                | RoleNotAllowed
+                | ScopeNotAllowed
+                | PrivilegedRole
+                | DataRoleOnWorkspaceIdentity
+                | TooManyAssignments
+                | PolicyDenied
+        )
     }
 
     /// How a grant that carries this reason is retried.
@@ -191,18 +180,8 @@ impl Reason {
             Pending | OutOfSync | RemovalPending | PrincipalNotFound | TooManyRequests | AzureUnavailable => {
                 Retry::Soon
             }
-            NotResolved
-            | NoGrantPolicy
-            | IdentityNotAllowed
-            | RoleNotAllowed
-            | ScopeNotAllowed
-            | PrivilegedRole
-            | DataRoleOnWorkspaceIdentity
-            | TooManyAssignments
-            | PolicyDenied
-            | ConflictingGrant
-            | InvalidSpec
-            | InvalidPolicy => Retry::OnChange,
+            ConflictingGrant | InvalidSpec | InvalidPolicy => Retry::OnChange,
+            _ if self.is_policy_denial() => Retry::OnChange,
             _ => match self.health() {
                 Health::NeedsAttention => Retry::Slowly,
                 Health::Healthy | Health::Progressing => Retry::Resync,

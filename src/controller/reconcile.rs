@@ -101,9 +101,7 @@ async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: Str
     let has_finalizer = grant.finalizers().iter().any(|f| f == FINALIZER);
     if grant.metadata.deletion_timestamp.is_none() {
         let previous = grant.status.clone().unwrap_or_default();
-        // As for any invalid spec: what it created stays on record (and in Azure) until fixed.
-        let report = report::stopped(report::carried(&previous), Reason::InvalidSpec, problem, RetryClass::Slowly);
-        persist(grant, grant.resource_version(), ctx, report, &previous).await?;
+        stop_early(grant, ctx, &previous, Reason::InvalidSpec, problem).await?;
         return Ok(Action::await_change());
     }
     if !has_finalizer {
@@ -194,26 +192,14 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let validated = match validate_grant_spec(&grant.spec) {
         Ok(v) => v,
         Err(errors) => {
-            let report = report::stopped(
-                report::carried(&previous),
-                Reason::InvalidSpec,
-                errors.to_string(),
-                RetryClass::Slowly,
-            );
-            persist(grant, grant.resource_version(), ctx, report, &previous).await?;
+            stop_early(grant, ctx, &previous, Reason::InvalidSpec, errors.to_string()).await?;
             return Ok(Action::await_change());
         }
     };
     let arm = match arm_client(grant, &validated, ctx).await {
         Ok(arm) => arm,
         Err(problem) => {
-            let report = report::stopped(
-                report::carried(&previous),
-                Reason::CredentialError,
-                problem.to_string(),
-                RetryClass::Slowly,
-            );
-            persist(grant, grant.resource_version(), ctx, report, &previous).await?;
+            stop_early(grant, ctx, &previous, Reason::CredentialError, problem.to_string()).await?;
             return Ok(Action::requeue(ctx.backoff.slow_retry()));
         }
     };
@@ -348,6 +334,19 @@ async fn record_intent(
         .map_err(ReconcileError::from_status_patch)?;
     ctx.metrics.status_writes.inc();
     Ok(patched.resource_version())
+}
+
+/// A reconcile that stops before reading Azure: Ready false for `reason`, a Warning Event, and
+/// what the grant created stays on record (and in Azure) until it is fixed.
+async fn stop_early(
+    grant: &DatabricksIdentityGrant,
+    ctx: &Context,
+    previous: &DatabricksIdentityGrantStatus,
+    reason: Reason,
+    message: String,
+) -> Result<(), ReconcileError> {
+    let report = report::stopped(report::carried(previous), reason, message, RetryClass::Slowly);
+    persist(grant, grant.resource_version(), ctx, report, previous).await
 }
 
 /// Writes the report: status when it changed (and `lastSyncTime` at most hourly otherwise),
