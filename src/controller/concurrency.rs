@@ -46,7 +46,8 @@ impl Concurrency {
     }
 
     /// Write locks currently remembered (held or waited for).
-    pub fn writers_held(&self) -> usize {
+    #[cfg(test)]
+    fn writers_held(&self) -> usize {
         let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
         writers.retain(|_, l| Arc::strong_count(l) > 1);
         writers.len()
