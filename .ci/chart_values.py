@@ -9,7 +9,8 @@ OVERLAYS = {
     "every option on": {
         "azure": {"workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"}, "caBundleConfigMap": "corp-ca"},
         "controller": {"namespaces": ["team-a", "team-b"], "credentialReferences": {"enabled": True}},
-        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Platform"}}},
         "networkPolicy": {"enabled": True, "apiServerCidr": "10.0.0.1/32"},
     },
     "managed identity": {"azure": {"auth": "managed-identity", "managedIdentity": {"clientId": "00000000-0000-0000-0000-000000000003"}}},

@@ -209,6 +209,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
         // credentials use (azure_identity does not read this variable itself).
         authority_host: std::env::var("AZURE_AUTHORITY_HOST").ok().filter(|h| !h.is_empty()),
         arm_policies: vec![std::sync::Arc::new(crate::telemetry::ArmMetricsPolicy { metrics: metrics.clone() })],
+        pacing_observer: Some(metrics.clone()),
     };
     let arm = ArmClients::new(settings.clone(), operator_client(&settings)?);
     let client = kube::Client::try_default().await?;

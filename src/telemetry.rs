@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -19,6 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::azure::pacing::{BucketClass, PacingObserver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -40,10 +42,19 @@ pub struct OperationLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
+    /// Which of `Ready`, `Reconciling` and `Stalled` is True; `Unknown` before the first
+    /// status.
+    pub health: String,
     /// `True`, `False` or `Unknown` (no status yet).
     pub ready: String,
     /// The Ready condition's reason (a [`crate::api::Reason`] code; empty without one).
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    /// ARM's throttling bucket: `reads`, `writes` or `deletes`.
+    pub bucket: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +76,10 @@ pub struct Metrics {
     pub arm_requests: Family<ArmLabels, Counter>,
     pub arm_request_duration: HistogramFamily<OperationLabels>,
     pub arm_throttled: Counter,
+    /// Requests the pacer held back, by ARM bucket.
+    pub arm_paced_requests: Family<BucketLabels, Counter>,
+    /// Time requests spent held by the pacer, by ARM bucket.
+    pub arm_pacing_delay: Family<BucketLabels, Counter<f64, AtomicU64>>,
     pub drift_corrections: Counter,
     pub managed_role_assignments: Gauge,
     pub grants: Family<ReadyLabels, Gauge>,
@@ -101,6 +116,23 @@ impl Metrics {
         );
         let arm_throttled = Counter::default();
         registry.register("arm_throttled_responses", "ARM 429 responses", arm_throttled.clone());
+        let arm_paced_requests = Family::<BucketLabels, Counter>::default();
+        let arm_pacing_delay = Family::<BucketLabels, Counter<f64, AtomicU64>>::default();
+        for class in [BucketClass::Reads, BucketClass::Writes, BucketClass::Deletes] {
+            let labels = BucketLabels { bucket: class.name().into() };
+            arm_paced_requests.get_or_create(&labels).inc_by(0);
+            arm_pacing_delay.get_or_create(&labels).inc_by(0.0);
+        }
+        registry.register(
+            "arm_paced_requests",
+            "ARM requests held back by the pacer (ARM's bucket nearly empty, or a 429's Retry-After), by bucket",
+            arm_paced_requests.clone(),
+        );
+        registry.register(
+            "arm_pacing_delay_seconds",
+            "Time ARM requests spent held back by the pacer, by bucket",
+            arm_pacing_delay.clone(),
+        );
         let drift_corrections = Counter::default();
         registry.register(
             "drift_corrections",
@@ -115,10 +147,17 @@ impl Metrics {
         );
         let grants = Family::<ReadyLabels, Gauge>::default();
         // Present from the start, so alerts on them work before the first grant exists.
-        for ready in ["True", "False", "Unknown"] {
-            grants.get_or_create(&ReadyLabels { ready: ready.into(), reason: String::new() }).set(0);
+        for (health, ready) in
+            [("Ready", "True"), ("Reconciling", "False"), ("Stalled", "False"), ("Unknown", "Unknown")]
+        {
+            let labels = ReadyLabels { health: health.into(), ready: ready.into(), reason: String::new() };
+            grants.get_or_create(&labels).set(0);
         }
-        registry.register("grants", "Grants by Ready condition and its reason", grants.clone());
+        registry.register(
+            "grants",
+            "Grants by health (Ready, Reconciling or Stalled), Ready condition and its reason",
+            grants.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica reconciles", leader.clone());
         let status_writes = Counter::default();
@@ -133,6 +172,8 @@ impl Metrics {
             arm_requests,
             arm_request_duration,
             arm_throttled,
+            arm_paced_requests,
+            arm_pacing_delay,
             drift_corrections,
             managed_role_assignments,
             grants,
@@ -171,6 +212,14 @@ pub fn arm_operation(method: &str, path: &str) -> &'static str {
         "GET" if lower.contains("/microsoft.databricks/accessconnectors/") => "GetAccessConnector",
         "GET" if lower.contains("/microsoft.managedidentity/userassignedidentities/") => "GetUserAssignedIdentity",
         _ => "Other",
+    }
+}
+
+impl PacingObserver for Metrics {
+    fn held(&self, class: BucketClass, waited: Duration) {
+        let labels = BucketLabels { bucket: class.name().into() };
+        self.arm_paced_requests.get_or_create(&labels).inc();
+        self.arm_pacing_delay.get_or_create(&labels).inc_by(waited.as_secs_f64());
     }
 }
 
@@ -301,6 +350,8 @@ mod tests {
             "reconcile_duration_seconds",
             "arm_requests_total",
             "arm_throttled_responses_total",
+            "arm_paced_requests_total",
+            "arm_pacing_delay_seconds_total",
             "drift_corrections_total",
             "managed_role_assignments",
             "grants",

@@ -24,6 +24,7 @@ async fn managed_identity_endpoint_yields_working_tokens() {
         auth: AuthMode::ManagedIdentity,
         authority_host: None,
         arm_policies: Vec::new(),
+        pacing_observer: None,
     };
     let client = operator_client(&settings).expect("client");
     let ws = ResourceId::parse(&estate.workspaces[0].id).expect("id");

@@ -11,7 +11,7 @@ use kube::CustomResourceExt;
 
 pub use grant::*;
 pub use policy::*;
-pub use reason::Reason;
+pub use reason::{Health, Reason};
 
 /// API group of every resource the operator serves.
 pub const GROUP: &str = "identity.dbx-operator.io";

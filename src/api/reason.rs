@@ -383,8 +383,8 @@ impl Reason {
             };
             let health = match reason.health() {
                 Health::Healthy => "healthy",
-                Health::Progressing => "progressing",
-                Health::NeedsAttention => "needs a person",
+                Health::Progressing => "Reconciling",
+                Health::NeedsAttention => "Stalled",
             };
             let retry = match reason.retry() {
                 Retry::Resync => "at resync",

@@ -49,13 +49,15 @@ pub struct AzureSettings {
     pub authority_host: Option<String>,
     /// Extra per-try pipeline policies for ARM clients (metrics).
     pub arm_policies: Vec<Arc<dyn azure_core::http::policies::Policy>>,
+    /// Told of each request the pacer held (metrics).
+    pub pacing_observer: Option<Arc<dyn super::pacing::PacingObserver>>,
 }
 
 /// ARM client options: the CA bundle, ARM's retry policy, pacing from ARM's throttling headers
 /// (one pacer per client, i.e. per principal, as ARM meters them) and the extra policies.
 fn arm_options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
     let mut options = client_options(settings.ca_file.as_deref(), arm_retry())?;
-    options.per_try_policies.push(Arc::new(super::pacing::PacingPolicy::new()));
+    options.per_try_policies.push(Arc::new(super::pacing::PacingPolicy::observed_by(settings.pacing_observer.clone())));
     options.per_try_policies.extend(settings.arm_policies.iter().cloned());
     Ok(options)
 }

@@ -37,6 +37,15 @@ impl BucketClass {
         }
     }
 
+    /// The bucket's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BucketClass::Reads => "reads",
+            BucketClass::Writes => "writes",
+            BucketClass::Deletes => "deletes",
+        }
+    }
+
     /// The header ARM reports this bucket's remaining budget in.
     pub fn header(self) -> &'static str {
         match self {
@@ -255,15 +264,26 @@ impl PaceBook {
     }
 }
 
+/// Told how long each request the pacer held waited (the operator exports it as metrics).
+pub trait PacingObserver: Send + Sync + std::fmt::Debug {
+    fn held(&self, class: BucketClass, waited: Duration);
+}
+
 /// azure_core per-try policy applying a shared [`PaceBook`].
 #[derive(Debug, Default, Clone)]
 pub struct PacingPolicy {
     book: Arc<Mutex<PaceBook>>,
+    observer: Option<Arc<dyn PacingObserver>>,
 }
 
 impl PacingPolicy {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A pacer that reports each hold to `observer`.
+    pub fn observed_by(observer: Option<Arc<dyn PacingObserver>>) -> Self {
+        PacingPolicy { observer, ..Self::default() }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, PaceBook> {
@@ -281,18 +301,27 @@ impl Policy for PacingPolicy {
                 "PacingPolicy must not be the last policy",
             ));
         };
-        let decision = self.book().ask(&key, Instant::now());
+        let asked = Instant::now();
+        let decision = self.book().ask(&key, asked);
         let counted = self.book().buckets.contains_key(&key);
+        let mut waited = false;
         if let Pace::After(wait) = decision {
+            waited = true;
             tokio::time::sleep(wait).await;
         }
         // A 429 that arrived while this request waited holds it too.
         loop {
             let held = self.book().held(&key, Instant::now());
             match held {
-                Some(wait) => tokio::time::sleep(wait).await,
+                Some(wait) => {
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
                 None => break,
             }
+        }
+        if waited && let Some(observer) = &self.observer {
+            observer.held(key.1, asked.elapsed());
         }
         let result = first.send(ctx, request, rest).await;
         match &result {

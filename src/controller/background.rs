@@ -64,17 +64,21 @@ pub(super) fn spawn_gauges(ctx: Arc<Context>) {
     });
 }
 
-/// Grants by their Ready condition's status and reason, and the role assignments they own.
-/// Reasons are the closed set of [`Reason`] codes (anything else counts as `Other`), so the
-/// series stay few.
+/// Grants by health (which of Ready / Reconciling / Stalled is True), their Ready condition's
+/// status and reason, and the role assignments they own. Reasons are the closed set of
+/// [`Reason`] codes (anything else counts as `Other`), so the series stay few.
 pub fn grant_counts(grants: &[Arc<DatabricksIdentityGrant>]) -> (HashMap<ReadyLabels, i64>, i64) {
+    use super::conditions::{READY, RECONCILING, STALLED};
     let mut counts: HashMap<ReadyLabels, i64> = HashMap::new();
     let mut managed = 0i64;
     for g in grants {
-        let ready = g.status.iter().flat_map(|s| &s.conditions).find(|c| c.type_ == super::conditions::READY);
-        let labels = match ready {
-            None => ReadyLabels { ready: "Unknown".into(), reason: String::new() },
+        let conditions: &[_] = g.status.as_ref().map_or(&[], |s| &s.conditions);
+        let is_true = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+        let health = [STALLED, RECONCILING, READY].into_iter().find(|t| is_true(t)).unwrap_or("Unknown");
+        let labels = match conditions.iter().find(|c| c.type_ == READY) {
+            None => ReadyLabels { health: health.into(), ready: "Unknown".into(), reason: String::new() },
             Some(c) => ReadyLabels {
+                health: health.into(),
                 ready: if c.status == "True" { "True" } else { "False" }.into(),
                 reason: Reason::from_code(&c.reason).map_or("Other", Reason::code).into(),
             },
@@ -144,13 +148,23 @@ pub(super) async fn shutdown_signal(mut stop: tokio::sync::watch::Receiver<bool>
 mod tests {
     use super::*;
 
-    fn grant(ready: Option<(&str, &str)>, managed: usize) -> Arc<DatabricksIdentityGrant> {
+    /// A grant whose Ready condition is `(status, reason)` and whose `health` condition (one of
+    /// Ready, Reconciling, Stalled) is the True one.
+    fn grant(ready: Option<(&str, &str, &str)>, managed: usize) -> Arc<DatabricksIdentityGrant> {
         let conditions: Vec<serde_json::Value> = ready
-            .map(|(status, reason)| {
-                serde_json::json!({"type": "Ready", "status": status, "reason": reason, "message": "",
-                                   "lastTransitionTime": "2026-01-01T00:00:00Z"})
+            .map(|(status, reason, health)| {
+                ["Ready", "Reconciling", "Stalled"].map(|type_| {
+                    let status = match type_ {
+                        "Ready" => status,
+                        _ if type_ == health => "True",
+                        _ => "False",
+                    };
+                    serde_json::json!({"type": type_, "status": status, "reason": reason, "message": "",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"})
+                })
             })
             .into_iter()
+            .flatten()
             .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
@@ -164,21 +178,23 @@ mod tests {
     }
 
     #[test]
-    fn grants_counted_by_ready_and_reason() {
+    fn grants_counted_by_health_ready_and_reason() {
         let (counts, managed) = grant_counts(&[
-            grant(Some(("True", "Ready")), 2),
-            grant(Some(("True", "Ready")), 1),
-            grant(Some(("False", "RoleNotFound")), 0),
-            grant(Some(("False", "SomethingElse")), 0),
+            grant(Some(("True", "Ready", "Ready")), 2),
+            grant(Some(("True", "Ready", "Ready")), 1),
+            grant(Some(("False", "RoleNotFound", "Stalled")), 0),
+            grant(Some(("False", "TooManyRequests", "Reconciling")), 0),
+            grant(Some(("False", "SomethingElse", "Stalled")), 0),
             grant(None, 0),
         ]);
-        let n = |ready: &str, reason: &str| {
-            counts.get(&ReadyLabels { ready: ready.into(), reason: reason.into() }).copied()
+        let n = |health: &str, ready: &str, reason: &str| {
+            counts.get(&ReadyLabels { health: health.into(), ready: ready.into(), reason: reason.into() }).copied()
         };
-        assert_eq!(n("True", "Ready"), Some(2));
-        assert_eq!(n("False", "RoleNotFound"), Some(1));
-        assert_eq!(n("False", "Other"), Some(1), "unknown reasons are one series");
-        assert_eq!(n("Unknown", ""), Some(1));
+        assert_eq!(n("Ready", "True", "Ready"), Some(2));
+        assert_eq!(n("Stalled", "False", "RoleNotFound"), Some(1));
+        assert_eq!(n("Reconciling", "False", "TooManyRequests"), Some(1));
+        assert_eq!(n("Stalled", "False", "Other"), Some(1), "unknown reasons are one series");
+        assert_eq!(n("Unknown", "Unknown", ""), Some(1));
         assert_eq!(managed, 3);
     }
 }

@@ -4,13 +4,17 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::Reason;
+use crate::api::{Health, Reason};
 
 pub const READY: &str = "Ready";
 pub const IDENTITY_RESOLVED: &str = "IdentityResolved";
 pub const ROLES_RESOLVED: &str = "RolesResolved";
 pub const POLICY_COMPLIANT: &str = "PolicyCompliant";
 pub const IN_SYNC: &str = "InSync";
+/// kstatus's "work in progress" condition (retried without anyone acting).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus's "failed, needs a person" condition.
+pub const STALLED: &str = "Stalled";
 
 /// A condition as a reconcile decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,24 @@ impl Decided {
     pub fn new(type_: &'static str, status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Decided { type_, status, reason, message: message.into() }
     }
+}
+
+/// Adds `Reconciling` and `Stalled` to decided conditions that include `Ready`, so GitOps tools
+/// (kstatus, Flux, Argo CD) read the outcome without configuration: exactly one of the three is
+/// True. `Ready=False` is Stalled when its reason needs a person ([`Health::NeedsAttention`])
+/// and Reconciling otherwise. All three carry `Ready`'s reason; only the True one its message.
+pub fn summarised(mut decided: Vec<Decided>) -> Vec<Decided> {
+    decided.retain(|d| d.type_ != RECONCILING && d.type_ != STALLED);
+    let Some(ready) = decided.iter().find(|d| d.type_ == READY).cloned() else {
+        return decided;
+    };
+    let stalled = !ready.status && ready.reason.health() == Health::NeedsAttention;
+    let reconciling = !ready.status && !stalled;
+    for (type_, status) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+        let message = if status { ready.message.clone() } else { String::new() };
+        decided.push(Decided::new(type_, status, ready.reason, message));
+    }
+    decided
 }
 
 /// Merges decided conditions into the previous ones: keeps `lastTransitionTime` when the
@@ -72,6 +94,44 @@ mod tests {
         assert_eq!(same[0].observed_generation, Some(2));
         let flipped = merge(&same, &[Decided::new(READY, true, Reason::Ready, "ok")], Some(2), at(300));
         assert_eq!(flipped[0].last_transition_time, Time(at(300)));
+    }
+
+    #[test]
+    fn exactly_one_of_ready_reconciling_stalled_is_true() {
+        let cases = [
+            (true, Reason::Ready, READY),
+            (true, Reason::ChangesPlanned, READY),
+            (false, Reason::TooManyRequests, RECONCILING),
+            (false, Reason::PrincipalNotFound, RECONCILING),
+            (false, Reason::AzureUnavailable, RECONCILING),
+            (false, Reason::Pending, RECONCILING),
+            (false, Reason::RemovalPending, RECONCILING),
+            (false, Reason::InvalidSpec, STALLED),
+            (false, Reason::RoleNotFound, STALLED),
+            (false, Reason::ScopeNotFound, STALLED),
+            (false, Reason::AuthorizationFailed, STALLED),
+            (false, Reason::RoleNotAllowed, STALLED),
+            (false, Reason::NoGrantPolicy, STALLED),
+            (false, Reason::ConflictingGrant, STALLED),
+            (false, Reason::CredentialError, STALLED),
+            (false, Reason::RoleAssignmentLimitExceeded, STALLED),
+            (false, Reason::InvalidPolicy, STALLED),
+        ];
+        for (status, reason, expected) in cases {
+            let decided = summarised(vec![
+                Decided::new(IN_SYNC, false, Reason::OutOfSync, "x"),
+                Decided::new(READY, status, reason, "why"),
+            ]);
+            let true_ones: Vec<_> = decided.iter().filter(|d| d.status && d.type_ != IN_SYNC).collect();
+            assert_eq!(true_ones.len(), 1, "{reason}: {decided:?}");
+            assert_eq!(true_ones[0].type_, expected, "{reason}");
+            assert_eq!(true_ones[0].message, "why");
+            assert!(decided.iter().filter(|d| d.type_ != IN_SYNC).all(|d| d.reason == reason));
+        }
+        // Summarising twice changes nothing; without Ready nothing is added.
+        let once = summarised(vec![Decided::new(READY, false, Reason::RoleNotFound, "m")]);
+        assert_eq!(summarised(once.clone()), once);
+        assert_eq!(summarised(vec![Decided::new(IN_SYNC, true, Reason::InSync, "")]).len(), 1);
     }
 
     #[test]

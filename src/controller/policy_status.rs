@@ -55,7 +55,12 @@ pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Ac
     };
     let status = GrantPolicyStatus {
         observed_generation: policy.meta().generation,
-        conditions: conditions::merge(&previous.conditions, &[ready], policy.meta().generation, Timestamp::now()),
+        conditions: conditions::merge(
+            &previous.conditions,
+            &conditions::summarised(vec![ready]),
+            policy.meta().generation,
+            Timestamp::now(),
+        ),
         governed_namespaces: i32::try_from(governed_namespaces).unwrap_or(i32::MAX),
         governed_grants: i32::try_from(governed_grants).unwrap_or(i32::MAX),
     };

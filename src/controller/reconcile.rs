@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::conditions;
+use super::conditions::{self, Decided};
 use super::decide::{self, Inputs, RoleLookup};
 use super::events::GrantEvent;
 use super::plan::{ObservedAssignment, Precedence};
@@ -251,8 +251,13 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         precedence: &precedence,
     });
 
+    let mut previous = previous;
     let read_at = match &decision.intent {
-        Some(ids) => record_intent(grant, ctx, ids).await?,
+        Some(ids) => {
+            let (read_at, conditions) = record_intent(grant, ctx, &previous, ids).await?;
+            previous.conditions = conditions;
+            read_at
+        }
         None => grant.resource_version(),
     };
     let executed = super::execute::execute(ctx, &arm, &decision).await;
@@ -314,26 +319,33 @@ async fn observe(
     (observed, unreadable)
 }
 
-/// Records the assignments about to be created (`creatingAssignments`) before creating them;
-/// returns the resourceVersion the final status patch must carry.
+/// Records the assignments about to be created (`creatingAssignments`) before creating them,
+/// with `Reconciling=True` while they are in flight; returns the resourceVersion the final
+/// status patch must carry and the conditions written.
 async fn record_intent(
     grant: &DatabricksIdentityGrant,
     ctx: &Context,
+    previous: &DatabricksIdentityGrantStatus,
     ids: &[String],
-) -> Result<Option<String>, ReconcileError> {
+) -> Result<(Option<String>, Vec<Condition>), ReconcileError> {
+    let in_flight =
+        Decided::new(conditions::READY, false, Reason::Pending, format!("creating {} role assignment(s)", ids.len()));
+    let generation = grant.metadata.generation;
+    let conditions =
+        conditions::merge(&previous.conditions, &conditions::summarised(vec![in_flight]), generation, Timestamp::now());
     let patched = raw_api(grant, ctx)
         .patch_status(
             &grant.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&json!({
                 "metadata": {"resourceVersion": grant.resource_version()},
-                "status": {"creatingAssignments": ids},
+                "status": {"creatingAssignments": ids, "conditions": conditions, "observedGeneration": generation},
             })),
         )
         .await
         .map_err(ReconcileError::from_status_patch)?;
     ctx.metrics.status_writes.inc();
-    Ok(patched.resource_version())
+    Ok((patched.resource_version(), conditions))
 }
 
 /// A reconcile that stops before reading Azure: Ready false for `reason`, a Warning Event, and
@@ -361,7 +373,8 @@ async fn persist(
     let Report { mut status, conditions: decided, events, .. } = report;
     let now = Timestamp::now();
     status.observed_generation = grant.metadata.generation;
-    status.conditions = conditions::merge(&previous.conditions, &decided, grant.metadata.generation, now);
+    status.conditions =
+        conditions::merge(&previous.conditions, &conditions::summarised(decided), grant.metadata.generation, now);
     status.last_sync_time = previous.last_sync_time.clone();
     let stale_sync = previous.last_sync_time.as_ref().is_none_or(|t| now.duration_since(t.0).as_secs() > 3600);
     if status != *previous || stale_sync {

@@ -7,7 +7,7 @@ use super::decide::{Decision, entry};
 use super::events::GrantEvent;
 use super::resolve::ResolveError;
 use super::retry::RetryClass;
-use crate::api::{AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Reason};
+use crate::api::{AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Health, Reason};
 use crate::azure::{ArmError, RoleAssignmentId};
 
 /// What one write did.
@@ -246,7 +246,25 @@ fn sync_and_ready(
         why.extend(pending_removals.iter().map(|r| format!("removal pending: {r}")));
         Decided::new(conditions::IN_SYNC, false, Reason::OutOfSync, why.join("; "))
     };
-    let ready = match status.role_assignments.iter().find(|e| !in_place(e.state)) {
+    // Observe: a planned change is what the grant asked for (report it, write nothing), so the
+    // grant is Ready once observed; InSync says what Enforce would change.
+    let settled = |state: AssignmentState| in_place(state) || (observe && state == AssignmentState::Planned);
+    let waiting: Vec<_> = status.role_assignments.iter().filter(|e| !settled(e.state)).collect();
+    let reason_of = |e: &crate::api::RoleAssignmentStatus| {
+        e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending)
+    };
+    // What needs a person speaks for the grant first: it will not become Ready without one.
+    let blocking = waiting.iter().find(|e| reason_of(e).health() == Health::NeedsAttention).or(waiting.first());
+    let ready = match blocking {
+        None if observe && (planned > 0 || !pending_removals.is_empty()) => Decided::new(
+            conditions::READY,
+            true,
+            Reason::ChangesPlanned,
+            format!(
+                "observed: {planned} assignment(s) would be created or updated and {} removed; managementPolicy is Observe, so nothing is written to Azure",
+                pending_removals.len()
+            ),
+        ),
         None if pending_removals.is_empty() => {
             Decided::new(conditions::READY, true, Reason::Ready, format!("{done}/{total} role assignments in place"))
         }
@@ -254,7 +272,7 @@ fn sync_and_ready(
         Some(e) => Decided::new(
             conditions::READY,
             false,
-            e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending),
+            reason_of(e),
             format!(
                 "{done}/{total} role assignments in place; {} at {}: {}",
                 e.role,

@@ -221,7 +221,31 @@ fn removal_outcomes() {
     d.entries = vec![Some(entry(&spec(true), 0, AssignmentState::Planned, Reason::CreatePlanned, None))];
     let r = report(&spec(true), &DatabricksIdentityGrantStatus::default(), d, Executed::default());
     assert_eq!(in_sync(&r), Some(Reason::ChangesPlanned));
-    assert_eq!(ready(&r), (false, Reason::CreatePlanned));
+    // Observing is what the grant asked for: Ready (not Reconciling forever), with the plan.
+    assert_eq!(ready(&r), (true, Reason::ChangesPlanned));
+    let message = &r.conditions.iter().find(|c| c.type_ == conditions::READY).expect("Ready").message;
+    assert!(message.contains("1 assignment(s) would be created or updated and 1 removed"), "{message}");
+
+    // Observe does not hide what needs a person.
+    let mut d = decision(None, vec![], false);
+    d.entries = vec![
+        Some(entry(&spec(true), 0, AssignmentState::Planned, Reason::CreatePlanned, None)),
+        Some(entry(&spec(true), 0, AssignmentState::Failed, Reason::RoleNotFound, None)),
+    ];
+    let r = report(&spec(true), &DatabricksIdentityGrantStatus::default(), d, Executed::default());
+    assert_eq!(ready(&r), (false, Reason::RoleNotFound));
+}
+
+#[test]
+fn what_needs_a_person_speaks_for_the_grant() {
+    let mut d = decision(None, vec![], true);
+    d.entries = vec![
+        Some(entry(&spec(false), 0, AssignmentState::Pending, Reason::TooManyRequests, None)),
+        Some(entry(&spec(false), 0, AssignmentState::Denied, Reason::RoleNotAllowed, None)),
+        Some(entry(&spec(false), 0, AssignmentState::Assigned, Reason::Assigned, None)),
+    ];
+    let r = report(&spec(false), &DatabricksIdentityGrantStatus::default(), d, Executed::default());
+    assert_eq!(ready(&r), (false, Reason::RoleNotAllowed), "Stalled, not Reconciling: it cannot become Ready alone");
 }
 
 #[test]

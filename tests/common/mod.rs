@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod health;
+pub mod observability;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -156,8 +158,10 @@ impl Harness {
         }
     }
 
+    /// Waits for Ready=True at the grant's current generation (a Ready left from an earlier
+    /// generation does not count).
     pub async fn ready(&self, name: &str) -> DatabricksIdentityGrant {
-        self.wait_for(name, "Ready", |g| condition(g, "Ready").is_some_and(|c| c.0 == "True")).await
+        self.wait_for(name, "Ready", is_ready).await
     }
 
     pub async fn gone(&self, name: &str) {
@@ -224,6 +228,12 @@ impl Harness {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.controller).await;
         self.sandbox.shutdown().await;
     }
+}
+
+/// Ready=True, judged at the grant's current generation.
+pub fn is_ready(g: &DatabricksIdentityGrant) -> bool {
+    let observed = g.status.as_ref().and_then(|s| s.observed_generation);
+    observed == g.metadata.generation && condition(g, "Ready").is_some_and(|c| c.0 == "True")
 }
 
 pub fn condition(g: &DatabricksIdentityGrant, type_: &str) -> Option<(String, String, String)> {

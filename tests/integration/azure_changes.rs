@@ -19,10 +19,6 @@ fn state_of(g: &dbx_identity_operator::api::DatabricksIdentityGrant, i: usize) -
     (ra.state, ra.reason.clone().unwrap_or_default(), ra.message.clone().unwrap_or_default())
 }
 
-fn is_ready(g: &dbx_identity_operator::api::DatabricksIdentityGrant) -> bool {
-    condition(g, "Ready").is_some_and(|c| c.0 == "True")
-}
-
 /// A workspace (with its managed identity) and an access connector deleted: their grants say
 /// which identity is gone and keep their record so deleting them still cleans up.
 #[tokio::test]

@@ -51,3 +51,54 @@ fn values_schema_accepts_defaults_and_refuses_mistakes() {
         assert!(!validator.is_valid(&values), "{what} accepted");
     }
 }
+
+/// The argocd-cm snippet in the chart's README is the scripts in `argocd/`, verbatim.
+#[test]
+fn argocd_snippet_in_the_chart_readme_is_the_scripts() {
+    let readme = std::fs::read_to_string(chart().join("README.md")).expect("chart README");
+    let block = readme.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
+    let config_map: serde_json::Value = serde_yaml_ng::from_str(block).expect("the snippet is YAML");
+    assert_eq!(config_map["metadata"]["name"], "argocd-cm");
+    for kind in ["DatabricksIdentityGrant", "GrantPolicy"] {
+        let key = format!("resource.customizations.health.identity.dbx-operator.io_{kind}");
+        let script = crate::common::health::argocd_script(kind);
+        assert_eq!(
+            config_map["data"][&key].as_str(),
+            Some(script.as_str()),
+            "{key} differs from argocd/ in the README"
+        );
+    }
+}
+
+/// Before the operator has written any status: Argo CD waits (Progressing); kstatus, which
+/// skips its generation check without `observedGeneration`, says Current (documented).
+#[test]
+fn gitops_health_before_any_status() {
+    use crate::common::health::{argocd, kstatus};
+    for kind in ["DatabricksIdentityGrant", "GrantPolicy"] {
+        let obj = serde_json::json!({"apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": kind,
+                                     "metadata": {"name": "x", "generation": 1}, "spec": {}});
+        assert_eq!(argocd(&obj).expect("lua").0, "Progressing", "{kind}");
+        assert_eq!(kstatus(&obj), "Current", "{kind}");
+    }
+}
+
+/// The metric-name check finds what is missing (so its pass on a live scrape means something).
+#[test]
+fn dashboard_check_reports_missing_metrics_and_labels() {
+    use crate::common::observability::{selectors, unexported};
+    let all = unexported("");
+    assert!(all.iter().any(|p| p.contains("`dbx_identity_operator_grants` is not exported")), "{all:#?}");
+    assert!(all.iter().any(|p| p.starts_with("PrometheusRule")), "{all:#?}");
+    let only_grants = "dbx_identity_operator_grants{ready=\"True\",reason=\"Ready\"} 1\n";
+    let problems = unexported(only_grants);
+    assert!(
+        problems.iter().any(|p| p.contains("`dbx_identity_operator_grants` has no label `health`")),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        selectors("sum by (x) (rate(a_total{b=\"1\"}[5m])) / c").expect("parses"),
+        vec![("a_total".to_owned(), vec!["b".to_owned()]), ("c".to_owned(), vec![])]
+    );
+    assert!(selectors("sum(rate(a[5m])").is_err());
+}

@@ -432,7 +432,9 @@ async fn metrics_and_health_endpoints_report_a_run() {
     loop {
         let (ready, _) = http_get(&format!("{}/readyz", h.health_url)).await;
         let (_, text) = http_get(&h.metrics_url).await;
-        if ready == 200 && metric(&text, "dbx_identity_operator_grants{ready=\"True\",reason=\"Ready\"}") >= 1.0 {
+        if ready == 200
+            && metric(&text, "dbx_identity_operator_grants{health=\"Ready\",ready=\"True\",reason=\"Ready\"}") >= 1.0
+        {
             assert!(metric(&text, "dbx_identity_operator_reconciles_total{result=\"ok\"}") >= 1.0, "{text}");
             assert!(
                 metric(

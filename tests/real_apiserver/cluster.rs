@@ -221,6 +221,8 @@ pub struct Env {
     /// Unique per scenario and server; prefixes namespaces, policies and the Lease.
     pub id: String,
     operator_kubeconfig: PathBuf,
+    /// A kubeconfig with the admin's rights, for `kubectl`.
+    pub admin_kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
@@ -232,17 +234,19 @@ impl Env {
         options.arm_faults = Default::default();
         let sandbox = sandbox::start(options).await.expect("sandbox");
         let id = format!("{scenario}-{}", server.label()).replace('_', "-");
-        let (admin, operator_kubeconfig) = match &server {
-            Server::Real(real) => (real.admin.clone(), real.operator_kubeconfig.clone()),
+        let (admin, operator_kubeconfig, admin_kubeconfig) = match &server {
+            Server::Real(real) => (real.admin.clone(), real.operator_kubeconfig.clone(), real.plane.admin_kubeconfig()),
             Server::Emulator => {
                 let admin = sandbox.kube.emulator.client().expect("client");
                 create_namespace(&admin, RELEASE_NAMESPACE, BTreeMap::new()).await.expect("release namespace");
                 let path = dir.path().join("operator-kubeconfig");
                 std::fs::write(&path, sandbox.kube.emulator.kubeconfig_for(OPERATOR_USER)).expect("kubeconfig");
-                (admin, path)
+                let admin_path = dir.path().join("admin-kubeconfig");
+                std::fs::write(&admin_path, sandbox.kube.emulator.kubeconfig()).expect("kubeconfig");
+                (admin, path, admin_path)
             }
         };
-        Env { sandbox, admin, id, operator_kubeconfig, dir }
+        Env { sandbox, admin, id, operator_kubeconfig, admin_kubeconfig, dir }
     }
 
     pub fn grants(&self, namespace: &str) -> Api<DatabricksIdentityGrant> {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::Case;
 use crate::cluster::{Env, Operator, RealCluster, Server, create_namespace, wait_until};
 
-const SCENARIOS: [&str; 4] = ["lifecycle", "policy_triggers", "drift_healed", "two_replicas"];
+const SCENARIOS: [&str; 5] = ["lifecycle", "policy_triggers", "drift_healed", "two_replicas", "gitops_health"];
 /// Deadline for what must happen "within seconds".
 const SECONDS: Duration = Duration::from_secs(10);
 const LABEL: &str = "dbx-operator.io/scenario";
@@ -44,6 +44,8 @@ pub fn cases(real: Option<Arc<RealCluster>>) -> Vec<Case> {
         cases.push(Case::new(format!("{label}/drift_healed"), t, move || drift_healed(s)));
         let s = server.clone();
         cases.push(Case::new(format!("{label}/two_replicas"), t, move || two_replicas(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/gitops_health"), t, move || gitops_health(s)));
     }
     if let Some(real) = real {
         cases.push(Case::new("real/chart_rbac_exact", Duration::from_secs(30), move || chart_rbac_exact(real)));
@@ -113,16 +115,20 @@ async fn holds_within(env: &Env, principal: &str, role: &str, scope: &str, expec
     .await;
 }
 
-async fn policy(env: &Env, name: &str, roles: &[&str], extra_identities: &[String]) -> GrantPolicy {
+fn policy_object(env: &Env, name: &str, roles: &[&str], extra_identities: &[String]) -> GrantPolicy {
     let sub = &env.sandbox.estate.subscription_id;
     let mut identities = vec![format!("/subscriptions/{sub}/**")];
     identities.extend(extra_identities.iter().cloned());
-    let p: GrantPolicy = serde_json::from_value(json!({
+    serde_json::from_value(json!({
         "apiVersion": "identity.dbx-operator.io/v1alpha1", "kind": "GrantPolicy", "metadata": {"name": name},
         "spec": {"namespaceSelector": {"matchLabels": {LABEL: env.id}},
                  "identities": identities, "roles": roles, "scopes": [format!("/subscriptions/{sub}/**")]},
     }))
-    .expect("policy");
+    .expect("policy")
+}
+
+async fn policy(env: &Env, name: &str, roles: &[&str], extra_identities: &[String]) -> GrantPolicy {
+    let p = policy_object(env, name, roles, extra_identities);
     Api::<GrantPolicy>::all(env.admin.clone()).create(&PostParams::default(), &p).await.expect("create policy")
 }
 
@@ -138,6 +144,58 @@ async fn metric(op: &Operator, series: &str) -> f64 {
 
 const LEADER: &str = "dbx_identity_operator_leader";
 const RECONCILED: &str = "dbx_identity_operator_reconciles_total{result=\"ok\"}";
+
+/// How kstatus (Flux) and the chart's Argo CD check judge each of the scenario's grants and
+/// policies as they stand, checked against the conditions: once the generation is observed
+/// exactly one of Ready / Reconciling / Stalled is True, and both tools read it the same way.
+async fn gitops_agrees(env: &Env) {
+    use crate::common::health::{argocd, kstatus};
+    let grants: Api<DatabricksIdentityGrant> = Api::all(env.admin.clone());
+    let policies: Api<GrantPolicy> = Api::all(env.admin.clone());
+    let mut objects: Vec<Value> = Vec::new();
+    for g in grants.list(&Default::default()).await.expect("grants").items {
+        if g.metadata.namespace.as_deref().is_some_and(|ns| ns.starts_with(&env.id)) {
+            objects.push(serde_json::to_value(&g).expect("json"));
+        }
+    }
+    for p in policies.list(&Default::default()).await.expect("policies").items {
+        if p.metadata.name.as_deref().is_some_and(|n| n.starts_with(&env.id)) {
+            objects.push(serde_json::to_value(&p).expect("json"));
+        }
+    }
+    assert!(!objects.is_empty(), "nothing to judge");
+    for obj in &objects {
+        let name = format!("{}/{}", obj["kind"], obj["metadata"]["name"]);
+        let (argo, message) = argocd(obj).unwrap_or_else(|e| panic!("{name}: the Lua check failed: {e}"));
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        if obj.pointer("/status/observedGeneration") != obj.pointer("/metadata/generation") {
+            assert_eq!((kstatus(obj), argo.as_str()), ("InProgress", "Progressing"), "{name}: {obj}");
+            continue;
+        }
+        let true_of = |t: &str| {
+            obj.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+        };
+        let summary: Vec<&str> = ["Ready", "Reconciling", "Stalled"].into_iter().filter(|t| true_of(t)).collect();
+        assert_eq!(summary.len(), 1, "{name}: exactly one of Ready/Reconciling/Stalled must be True: {obj}");
+        let observe = obj.pointer("/spec/managementPolicy") == Some(&json!("Observe"));
+        let expected = match summary[0] {
+            "Ready" if observe && !true_of("InSync") => ("Current", "Suspended"),
+            "Ready" => ("Current", "Healthy"),
+            "Reconciling" => ("InProgress", "Progressing"),
+            _ => ("Failed", "Degraded"),
+        };
+        assert_eq!((kstatus(obj), argo.as_str()), expected, "{name} ({message}): {obj}");
+    }
+}
+
+/// The object as a GitOps tool reads it.
+async fn as_json(api: &Api<DatabricksIdentityGrant>, name: &str) -> Value {
+    serde_json::to_value(api.get(name).await.expect("get")).expect("json")
+}
 
 // ---------- the scenarios ----------
 
@@ -309,6 +367,7 @@ async fn lifecycle(server: Server) {
         if invalid.len() == 1 && series { Ok(()) } else { Err(format!("{invalid:?}")) }
     })
     .await;
+    gitops_agrees(&env).await;
 
     // SIGTERM: in-flight work finishes, the Lease is released, the process exits 0.
     let log = operator.log.clone();
@@ -368,6 +427,7 @@ async fn policy_triggers(server: Server) {
     namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(&label(&env.id))).await.expect("relabel back");
     ready_is(&api, "g", "True", None, SECONDS).await;
     holds_within(&env, principal, "Reader", rg, true, SECONDS).await;
+    gitops_agrees(&env).await;
 }
 
 /// An assignment deleted out of band is re-created within seconds and counted
@@ -402,6 +462,7 @@ async fn drift_healed(server: Server) {
         if g.status.as_ref().is_some_and(|s| s.drift_corrections >= 1) { Ok(()) } else { Err(describe(&g)) }
     })
     .await;
+    gitops_agrees(&env).await;
 }
 
 /// Two replicas: exactly one leads and reconciles, both are ready; the leader SIGKILLed, the
@@ -498,4 +559,113 @@ async fn chart_rbac_exact(real: Arc<RealCluster>) {
         }
     }
     assert!(unused.is_empty(), "the chart grants what the operator never used:\n{}", unused.join("\n"));
+}
+
+/// Each health a grant can have, reached by a real reconcile and judged by kstatus's algorithm
+/// and by the chart's Argo CD checks; `kubectl wait --for=condition=Ready` returns when a grant
+/// converges; a spec change the operator has not judged yet reads as in progress.
+async fn gitops_health(server: Server) {
+    use crate::common::health::{argocd, kstatus};
+    let env = Env::new(server, "gitops_health").await;
+    let estate = env.sandbox.estate.clone();
+    let sc = &estate.scopes;
+    let ns = team_namespace(&env).await;
+    // A principal Entra never heard of: Azure answers PrincipalNotFound, retried on its own.
+    let ghost = uuid::Uuid::new_v4().to_string();
+    policy(&env, &env.id, &["Reader"], &[format!("/principals/{ghost}")]).await;
+    let mut broken = policy_object(&env, &format!("{}-broken", env.id), &["Reader"], &[]);
+    broken.spec.identities = vec!["/subscriptions/*/resourceGroups/rg-x**".into()];
+    Api::<GrantPolicy>::all(env.admin.clone()).create(&PostParams::default(), &broken).await.expect("admitted");
+    let operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
+    let api = env.grants(&ns);
+    let pp = PostParams::default();
+    let ws0 = &estate.workspaces[0];
+    let workspace = json!({"workspace": {"resourceId": ws0.id}});
+    let grants = [
+        (
+            "healthy",
+            json!({"identity": workspace, "roleAssignments": [{"role": "Reader", "scope": sc.resource_group}]}),
+        ),
+        (
+            "progressing",
+            json!({"identity": {"principal": {"principalId": ghost}},
+                   "roleAssignments": [{"role": "Reader", "scope": sc.resource_group}]}),
+        ),
+        (
+            "degraded",
+            json!({"identity": workspace, "roleAssignments": [{"role": "Owner", "scope": sc.resource_group}]}),
+        ),
+        (
+            "suspended",
+            json!({"identity": workspace, "managementPolicy": "Observe",
+                   "roleAssignments": [{"role": "Reader", "scope": sc.key_vault}]}),
+        ),
+    ];
+    api.create(&pp, &grant("healthy", grants[0].1.clone())).await.expect("create");
+    // Started before the grant converges: it must return when it does.
+    let wait = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["wait", "--for=condition=Ready", "dbgrant/healthy", "-n", &ns, "--timeout=30s"])
+        .output();
+    let waited = wait.await.expect("kubectl");
+    assert!(
+        waited.status.success(),
+        "kubectl wait: {}{}",
+        String::from_utf8_lossy(&waited.stdout),
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("condition met"));
+    for (name, spec) in &grants[1..] {
+        api.create(&pp, &grant(name, spec.clone())).await.expect("create");
+    }
+    let expectations = [
+        ("healthy", "Ready", "Ready", "Current", "Healthy"),
+        ("progressing", "Reconciling", "PrincipalNotFound", "InProgress", "Progressing"),
+        ("degraded", "Stalled", "RoleNotAllowed", "Failed", "Degraded"),
+        ("suspended", "Ready", "ChangesPlanned", "Current", "Suspended"),
+    ];
+    for (name, type_, reason, ks, argo) in expectations {
+        wait_until(&format!("{name}: {type_}=True ({reason})"), SECONDS, || async {
+            let g = api.get(name).await.map_err(|e| e.to_string())?;
+            match condition(&g, type_) {
+                Some(c) if current(&g) && c.status == "True" && c.reason == reason => Ok(()),
+                _ => Err(describe(&g)),
+            }
+        })
+        .await;
+        let obj = as_json(&api, name).await;
+        assert_eq!(kstatus(&obj), ks, "{name}: {obj}");
+        assert_eq!(argocd(&obj).expect("lua").0, argo, "{name}: {obj}");
+    }
+    let policies: Api<GrantPolicy> = Api::all(env.admin.clone());
+    for (name, ks, argo) in [
+        (env.id.clone(), "Current", "Healthy"),
+        (broken.metadata.name.clone().unwrap_or_default(), "Failed", "Degraded"),
+    ] {
+        wait_until(&format!("policy {name} judged"), SECONDS, || async {
+            let p = policies.get(&name).await.map_err(|e| e.to_string())?;
+            let obj = serde_json::to_value(&p).map_err(|e| e.to_string())?;
+            let judged = (kstatus(&obj), argocd(&obj)?.0);
+            if judged == (ks, argo.to_owned()) { Ok(()) } else { Err(format!("{judged:?}: {obj}")) }
+        })
+        .await;
+    }
+    gitops_agrees(&env).await;
+
+    // Every metric (and label matched on) the chart's dashboard and alerts query is exported.
+    let (code, scrape) = crate::cluster::http_get(&operator.metrics).await.expect("scrape");
+    assert_eq!(code, 200);
+    assert!(crate::common::observability::chart_queries().len() >= 15, "the dashboard lost its panels");
+    let missing = crate::common::observability::unexported(&scrape);
+    assert!(missing.is_empty(), "{missing:#?}\n{scrape}");
+
+    // A spec change nobody has judged yet (the operator is stopped) is in progress for both.
+    let exit = operator.stop().await;
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+    let patch = json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": sc.storage_account}]}});
+    api.patch("healthy", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    let obj = as_json(&api, "healthy").await;
+    assert_eq!(kstatus(&obj), "InProgress", "{obj}");
+    assert_eq!(argocd(&obj).expect("lua").0, "Progressing", "{obj}");
 }

@@ -252,6 +252,7 @@ impl ArmEmulatorHandle {
             auth: crate::azure::credentials::AuthMode::ClientSecret,
             authority_host: Some(self.url().to_owned()),
             arm_policies: Vec::new(),
+            pacing_observer: None,
         }
     }
 
