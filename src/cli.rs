@@ -39,6 +39,9 @@ pub enum Command {
         /// Keep the sandbox and controller running afterwards, for kubectl, until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Write the operator's and the emulators' logs to stderr instead of a log file.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the operator: reconcile DatabricksIdentityGrants against Azure until SIGTERM/Ctrl-C.
     Run(Box<RunArgs>),
@@ -176,7 +179,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Run(args) => run_operator(*args).await,
         #[cfg(feature = "sandbox")]
-        Command::Demo { keep } => Ok(crate::demo::run(keep).await?),
+        Command::Demo { keep, verbose } => Ok(crate::demo::run(keep, verbose).await?),
         #[cfg(feature = "sandbox")]
         Command::Sandbox { dir, seed, arm_port, kube_port } => {
             let signals = ShutdownSignals::install()?;

@@ -59,6 +59,8 @@ struct Demo {
     grants: Api<DatabricksIdentityGrant>,
     table: BTreeMap<String, String>,
     started: Instant,
+    /// Colours the health column (a terminal without `NO_COLOR`); piped output stays plain.
+    colour: bool,
 }
 
 fn say(line: &str) {
@@ -79,10 +81,20 @@ impl Demo {
         for g in list.items {
             let status = g.status.clone().unwrap_or_default();
             let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            let health = ["Ready", "Reconciling", "Stalled"]
+                .into_iter()
+                .find(|t| status.conditions.iter().any(|c| c.type_ == *t && c.status == "True"))
+                .unwrap_or("-");
+            let shown = format!("{health:<11}");
+            let shown = match (self.colour, health) {
+                (false, _) | (_, "-") => shown,
+                (true, "Ready") => format!("\x1b[32m{shown}\x1b[0m"),
+                (true, "Reconciling") => format!("\x1b[33m{shown}\x1b[0m"),
+                (true, _) => format!("\x1b[31m{shown}\x1b[0m"),
+            };
             let row = format!(
-                "{:<30} {:<6} {:<22} {:<9} {:<6} {}",
+                "{:<30} {shown} {:<22} {:<9} {:<6} {}",
                 g.metadata.name.clone().unwrap_or_default(),
-                ready.map_or("-", |c| c.status.as_str()),
                 ready.map_or("-", |c| c.reason.as_str()),
                 status.assigned.clone().unwrap_or_else(|| "-".into()),
                 status.drift_corrections,
@@ -161,9 +173,18 @@ async fn apply_examples(client: &kube::Client) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Runs the demo; with `keep`, leaves everything running for kubectl until Ctrl-C.
-pub async fn run(keep: bool) -> Result<(), DemoError> {
-    crate::telemetry::init_logging(crate::telemetry::LogFormat::Text);
+/// Runs the demo; with `keep`, leaves everything running for kubectl until Ctrl-C. Logs go to
+/// a file whose path it prints (to stderr with `verbose`), so stdout is the story alone.
+pub async fn run(keep: bool, verbose: bool) -> Result<(), DemoError> {
+    use std::io::IsTerminal;
+    let log_file = if verbose {
+        crate::telemetry::init_logging(crate::telemetry::LogFormat::Text);
+        None
+    } else {
+        let path = std::env::temp_dir().join(format!("dbx-identity-operator-demo-{}.log", std::process::id()));
+        crate::telemetry::init_logging_to_file(std::fs::File::create(&path).map_err(DemoError::Dir)?);
+        Some(path)
+    };
     let dir = tempfile_dir()?;
     let mut options = SandboxOptions::new(dir.clone());
     // Faster than the sandbox default so the story fits in well under a minute, same shape.
@@ -192,14 +213,22 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let controller_task = tokio::spawn(controller::run(ctx.clone(), stopped));
 
-    let mut demo =
-        Demo { grants: Api::namespaced(client.clone(), NS), sandbox, table: BTreeMap::new(), started: Instant::now() };
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut demo = Demo {
+        grants: Api::namespaced(client.clone(), NS),
+        sandbox,
+        table: BTreeMap::new(),
+        started: Instant::now(),
+        colour,
+    };
     say(&format!(
-        "dbx-identity-operator demo — Kubernetes API {} · Azure ARM {}\n",
+        "dbx-identity-operator demo — Kubernetes API {} · Azure ARM {}",
         demo.sandbox.kube.url(),
         demo.sandbox.arm.url()
     ));
-    say(&format!("{:>8}   {:<30} {:<6} {:<22} {:<9} {:<6}", "", "GRANT", "READY", "REASON", "ASSIGNED", "DRIFT"));
+    let logs = log_file.as_ref().map_or("stderr (--verbose)".to_owned(), |p| p.display().to_string());
+    say(&format!("Operator and emulator logs: {logs}\n"));
+    say(&format!("{:>8}   {:<30} {:<11} {:<22} {:<9} {:<6}", "", "GRANT", "HEALTH", "REASON", "ASSIGNED", "DRIFT"));
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let examples = ["analytics-prod-keyvault", "unity-catalog-lake-curated", "streaming-telemetry-receiver"];
 
@@ -368,6 +397,9 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     }
     say(&format!("  Azure role assignments now: {}", demo.sandbox.arm.emulator.state().all_assignments().len()));
     say(&format!("  total {:.1} s", demo.started.elapsed().as_secs_f64()));
+    if let Some(path) = &log_file {
+        say(&format!("  logs: {}", path.display()));
+    }
 
     if keep {
         say(&format!(
@@ -376,6 +408,7 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         ));
         let _ = tokio::signal::ctrl_c().await;
     }
+    // The controller (and its watches) stops before the emulators it talks to.
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), controller_task).await;
     demo.sandbox.shutdown().await;

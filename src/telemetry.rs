@@ -302,11 +302,25 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber (RUST_LOG filters; default info).
+/// Installs the tracing subscriber on stderr (RUST_LOG filters; default info). Colours only
+/// when stderr is a terminal, so piped and collected logs carry no escape codes.
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    install_logging(format, std::io::stderr().is_terminal(), std::io::stderr);
+}
+
+/// Installs the tracing subscriber writing to `file` (plain text, no colours).
+pub fn init_logging_to_file(file: std::fs::File) {
+    install_logging(LogFormat::Text, false, std::sync::Mutex::new(file));
+}
+
+fn install_logging<W>(format: LogFormat, ansi: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     // A second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

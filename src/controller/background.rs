@@ -19,13 +19,14 @@ use crate::telemetry::ReadyLabels;
 /// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
 /// so a Deployment of two replicas reports 2/2 and rollouts finish; a replica that cannot reach
 /// the API server is not. Started once per process, by whichever of [`run`] and
-/// [`run_with_leader_election`] comes first.
-pub fn spawn_readiness(ctx: &Arc<Context>) {
+/// [`run_with_leader_election`] comes first; ends at shutdown.
+pub fn spawn_readiness(ctx: &Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     if ctx.readiness.set(()).is_err() {
         return;
     }
     let (client, metrics) = (ctx.client.clone(), ctx.metrics.clone());
-    tokio::spawn(async move {
+    let stopped = shutdown_signal(shutdown);
+    let probe = async move {
         let grants: Api<DatabricksIdentityGrant> = Api::all(client);
         // Metadata only: one unreadable grant must not make the operator unready.
         let params = kube::api::ListParams::default().limit(1);
@@ -41,13 +42,20 @@ pub fn spawn_readiness(ctx: &Arc<Context>) {
             }
             tokio::time::sleep(Duration::from_secs(if ready { 5 } else { 2 })).await;
         }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = probe => {}
+            () = stopped => {}
+        }
     });
 }
 
 /// Keeps the grant gauges current (on the replica that reconciles).
-pub(super) fn spawn_gauges(ctx: Arc<Context>) {
+pub(super) fn spawn_gauges(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut shown: HashSet<ReadyLabels> = HashSet::new();
+        let stopped = shutdown_signal(shutdown).shared();
         loop {
             let (counts, managed) = grant_counts(&ctx.index.grants());
             // A (ready, reason) no grant has any more reads 0, not its last count.
@@ -59,7 +67,10 @@ pub(super) fn spawn_gauges(ctx: Arc<Context>) {
             }
             shown.extend(counts.into_keys());
             ctx.metrics.managed_role_assignments.set(managed);
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = stopped.clone() => break,
+            }
         }
     });
 }

@@ -59,7 +59,7 @@ where
     F: FnOnce(Arc<Context>, tokio::sync::watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    spawn_readiness(&ctx);
+    spawn_readiness(&ctx, shutdown.clone());
     let seconds = u64::max(election.lease_duration.as_secs(), 2);
     // An API server that cannot be reached yet is waited for (the replica stays unready), not a
     // crash loop.

@@ -192,7 +192,7 @@ pub fn grant_key(grant: &DatabricksIdentityGrant) -> String {
 pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     // Only the replica that leads (or the only one) runs this.
     ctx.metrics.leader.set(1);
-    spawn_readiness(&ctx);
+    spawn_readiness(&ctx, shutdown.clone());
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -219,10 +219,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
         .collect();
     ctx.index.set_grants(controllers.iter().map(Controller::store).collect());
     let (policy_status, policy_events) = futures::channel::mpsc::unbounded();
-    let policy_reader = watches::spawn_policy_watch(ctx.clone(), policy_status);
+    let policy_reader = watches::spawn_policy_watch(ctx.clone(), policy_status, shutdown.clone());
     ctx.index.set_policies(policy_reader.clone());
-    ctx.index.set_namespaces(watches::spawn_namespace_watch(ctx.clone()));
-    background::spawn_gauges(ctx.clone());
+    ctx.index.set_namespaces(watches::spawn_namespace_watch(ctx.clone(), shutdown.clone()));
+    background::spawn_gauges(ctx.clone(), shutdown.clone());
     background::spawn_scope_refresher(ctx.clone(), shutdown.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
     let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = controllers

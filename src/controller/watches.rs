@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+use super::background::shutdown_signal;
 use super::{Context, lenient};
 use crate::api::GrantPolicy;
 
@@ -29,9 +30,15 @@ type PolicyVersion = (Option<String>, Option<i64>);
 pub(super) fn spawn_policy_watch(
     ctx: Arc<Context>,
     status: futures::channel::mpsc::UnboundedSender<Result<GrantPolicy, watcher::Error>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Store<GrantPolicy> {
     let (reader, writer) = reflector::store();
-    let stream = lenient::watch::<GrantPolicy>(ctx.client.clone(), None).default_backoff().reflect(writer);
+    // Ends with the controllers: a watch that outlived them would retry against a server that
+    // may be gone (and wake grants nobody reconciles).
+    let stream = lenient::watch::<GrantPolicy>(ctx.client.clone(), None)
+        .default_backoff()
+        .reflect(writer)
+        .take_until(shutdown_signal(shutdown));
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         let mut seen: HashMap<String, PolicyVersion> = HashMap::new();
@@ -74,12 +81,16 @@ pub(super) fn spawn_policy_watch(
 
 /// The one Namespace watch: it feeds the label store the policy gate reads and, from the same
 /// event, wakes the grants of a namespace whose labels changed (or that went).
-pub(super) fn spawn_namespace_watch(ctx: Arc<Context>) -> Store<Namespace> {
+pub(super) fn spawn_namespace_watch(
+    ctx: Arc<Context>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Store<Namespace> {
     type Labels = std::collections::BTreeMap<String, String>;
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Namespace>::all(ctx.client.clone()), watcher::Config::default())
         .default_backoff()
-        .reflect(writer);
+        .reflect(writer)
+        .take_until(shutdown_signal(shutdown));
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         let mut seen: HashMap<String, Labels> = HashMap::new();
