@@ -650,3 +650,64 @@ async fn hostile_throttling_headers_are_ignored_or_capped_never_a_panic() {
         "{outcomes:?}"
     );
 }
+
+/// Azure's own tools send other api-versions than the operator pins: the emulator serves each
+/// stable version Azure serves for the type, shaped for that version, and refuses the rest as
+/// ARM does, naming the versions it serves. (`.ci/sdk_workflow.py` drives the official Python
+/// SDKs through the same paths.)
+#[tokio::test]
+async fn serves_the_api_versions_azure_tools_send() {
+    let f = fixture().await;
+    let pem = std::fs::read(&f.arm.ca_file).expect("ca");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_id", OPERATOR_CLIENT_ID.to_owned()),
+        ("client_secret", SECRET.to_owned()),
+        ("scope", format!("{}/.default", f.arm.url())),
+    ])
+    .expect("form");
+    let response = http
+        .post(format!("{}/{TENANT_ID}/oauth2/v2.0/token", f.arm.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await;
+    let token: serde_json::Value = response.expect("token response").json().await.expect("json");
+    let token = token["access_token"].as_str().expect("a token").to_owned();
+    let get = |path: String, version: &str| {
+        let request = http.get(format!("{}{path}?api-version={version}", f.arm.url())).bearer_auth(&token);
+        async move {
+            let response = request.send().await.expect("response");
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let ws = &f.estate.workspaces[0];
+    let identity = format!(
+        "{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/dbmanagedidentity",
+        ws.managed_resource_group_id
+    );
+    // azure-mgmt-msi 7.1 and `az identity`.
+    for version in ["2024-11-30", "2023-01-31", "2026-05-31"] {
+        let (status, body) = get(identity.clone(), version).await;
+        assert_eq!(status, 200, "{version}: {body}");
+        assert_eq!(body["properties"]["principalId"], ws.managed_identity_principal_id, "{version}");
+    }
+    // A workspace read at a version before the default Access Connector link has no such field.
+    let (status, current) = get(ws.id.clone(), "2026-01-01").await;
+    assert_eq!(status, 200);
+    assert!(current["properties"]["accessConnector"]["id"].is_string(), "{current}");
+    let (status, old) = get(ws.id.clone(), "2023-02-01").await;
+    assert_eq!(status, 200);
+    assert!(old["properties"].get("accessConnector").is_none(), "{old}");
+    assert_eq!(old["properties"]["managedResourceGroupId"], current["properties"]["managedResourceGroupId"]);
+    // Anything else: ARM's refusal, listing what it serves.
+    let (status, refused) = get(identity, "2021-09-30-preview").await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "InvalidApiVersionParameter");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("'2021-09-30-preview'") && message.contains("2024-11-30"), "{message}");
+}

@@ -9,6 +9,7 @@
 //! - `routes.rs`: HTTP (ARM routes, token endpoints, the `/_emulator/` admin API).
 //! - `tls.rs`: the throw-away CA.
 
+pub mod api_versions;
 pub mod roles;
 mod routes;
 pub mod state;

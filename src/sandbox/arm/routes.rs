@@ -13,10 +13,10 @@ use axum::routing::{delete, get, post, put};
 use rand::Rng;
 use serde_json::{Value, json};
 
+use super::api_versions::Versioned;
 use super::state::{ArmFailure, AssignmentFilter};
 use super::throttle::{Draw, RequestClass, ThrottleConfig};
 use super::{Emulator, FaultConfig, HostileResponse, lock};
-use crate::azure::models::api_version;
 use crate::azure::resource_id::ResourceId;
 
 type Shared = Arc<Emulator>;
@@ -195,11 +195,13 @@ impl ArmOperation {
         }
     }
 
-    fn api_version(&self) -> &'static str {
+    fn versioned(&self) -> Versioned {
         match self {
-            ArmOperation::GetWorkspace(_) | ArmOperation::GetAccessConnector(_) => api_version::DATABRICKS,
-            ArmOperation::GetUserAssignedIdentity(_) => api_version::MANAGED_IDENTITY,
-            _ => api_version::AUTHORIZATION,
+            ArmOperation::GetWorkspace(_) => Versioned::Workspace,
+            ArmOperation::GetAccessConnector(_) => Versioned::AccessConnector,
+            ArmOperation::GetUserAssignedIdentity(_) => Versioned::UserAssignedIdentity,
+            ArmOperation::GetRoleDefinition(..) | ArmOperation::ListRoleDefinitions(_) => Versioned::RoleDefinition,
+            _ => Versioned::RoleAssignment,
         }
     }
 
@@ -326,7 +328,8 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
         emulator.record(op_name, status);
         response
     };
-    match query.get("api-version") {
+    let versioned = operation.versioned();
+    let version = match query.get("api-version") {
         None => {
             return respond(
                 400,
@@ -337,21 +340,14 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
                 )),
             );
         }
-        Some(v) if v != operation.api_version() => {
+        Some(v) if !versioned.accepts(v) => {
             return respond(
                 400,
-                failure(&ArmFailure::new(
-                    400,
-                    "InvalidApiVersionParameter",
-                    format!(
-                        "The api-version '{v}' is invalid. The supported version is '{}'.",
-                        operation.api_version()
-                    ),
-                )),
+                failure(&ArmFailure::new(400, "InvalidApiVersionParameter", versioned.unsupported_message(v))),
             );
         }
-        Some(_) => {}
-    }
+        Some(v) => v.to_ascii_lowercase(),
+    };
 
     let class = operation.class();
     let bucket_key = operation.scope().subscription_id().unwrap_or("tenant").to_owned();
@@ -436,6 +432,10 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
             }
         }
     };
+    let result = result.map(|(status, mut body)| {
+        versioned.shape(&version, &mut body);
+        (status, body)
+    });
     let mut response = match result {
         Ok((204, _)) => StatusCode::NO_CONTENT.into_response(),
         Ok((status, body)) => match faults.hostile {
