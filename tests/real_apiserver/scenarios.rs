@@ -528,6 +528,7 @@ async fn two_replicas(server: Server) {
         panic!("the cut-off replica exited ({exit}) instead of reporting not ready: {}", cut_off.log_text());
     }
     assert_eq!(cut_off.readyz().await, Some(503), "a replica that cannot reach the API server reports ready");
+    gitops_agrees(&env).await;
 }
 
 /// Every request the operator's ServiceAccount made on the real server was allowed by the
