@@ -151,6 +151,38 @@ async fn drift_heals_spec_changes_converge_and_policies_apply_on_delete() {
     h.stop().await;
 }
 
+/// While its creates are in flight a grant says so: the write-ahead record that precedes them
+/// sets Reconciling=True (reason Pending) for the new generation, so GitOps tools see work in
+/// progress rather than the previous generation's Ready.
+#[tokio::test]
+async fn creates_in_flight_read_as_reconciling() {
+    let h = harness(StateConfig::default()).await;
+    h.apply(&grant("slow", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    h.ready("slow").await;
+    h.sandbox
+        .arm
+        .emulator
+        .set_faults(dbx_identity_operator::sandbox::arm::FaultConfig { latency_ms: 1500, ..Default::default() });
+    let both = json!({"spec": {"roleAssignments": [{"role": "Reader", "scope": rg("rg-lake")},
+                                                   {"role": "Reader", "scope": rg("rg-streaming")}]}});
+    h.grants.patch("slow", &PatchParams::default(), &Patch::Merge(&both)).await.expect("patch");
+    let in_flight = h
+        .wait_for("slow", "Reconciling while its create is in flight", |g| {
+            let current = g.status.as_ref().and_then(|s| s.observed_generation) == g.metadata.generation;
+            current && condition(g, "Reconciling").is_some_and(|c| c.0 == "True" && c.1 == "Pending")
+        })
+        .await;
+    let (_, _, message) = condition(&in_flight, "Reconciling").expect("Reconciling");
+    assert!(message.contains("creating 1 role assignment(s)"), "{message}");
+    assert_eq!(condition(&in_flight, "Ready").map(|c| c.0), Some("False".into()));
+    assert_eq!(condition(&in_flight, "Stalled").map(|c| c.0), Some("False".into()));
+    h.sandbox.arm.emulator.set_faults(dbx_identity_operator::sandbox::arm::FaultConfig::default());
+    let done = h.ready("slow").await;
+    assert_eq!(condition(&done, "Reconciling").map(|c| c.0), Some("False".into()));
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn observe_mode_plans_without_writing() {
     let h = harness(StateConfig::default()).await;
