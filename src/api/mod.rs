@@ -7,6 +7,7 @@ pub mod reason;
 pub mod rules;
 pub mod validation;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
 use kube::CustomResourceExt;
 
 pub use grant::*;
@@ -25,10 +26,33 @@ pub enum CrdError {
     Yaml { name: String, source: serde_yaml_ng::Error },
 }
 
+/// Both CRDs, as generated from the types plus a default for `status`:
+/// `{observedGeneration: 0}`. The API server applies it when it reads an object the operator
+/// has not written status for yet, so a new grant or policy reads as not yet observed
+/// (generation 1, observedGeneration 0) and kstatus — which skips its generation check when
+/// `observedGeneration` is absent — reports it in progress rather than Current.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![DatabricksIdentityGrant::crd(), GrantPolicy::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            let status = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("status"));
+            if let Some(status) = status {
+                status.default = Some(JSON(serde_json::json!({"observedGeneration": 0})));
+            }
+        }
+    }
+    crds
+}
+
 /// The CRDs as `(file name, YAML document)`, in the order `crd` prints them. Each document
 /// starts with `---`, so the files concatenated are the command's output.
 pub fn crd_documents() -> Result<Vec<(String, String)>, CrdError> {
-    [DatabricksIdentityGrant::crd(), GrantPolicy::crd()]
+    crds()
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

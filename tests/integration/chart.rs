@@ -70,8 +70,10 @@ fn argocd_snippet_in_the_chart_readme_is_the_scripts() {
     }
 }
 
-/// Before the operator has written any status: Argo CD waits (Progressing); kstatus, which
-/// skips its generation check without `observedGeneration`, says Current (documented).
+/// An object with no status at all: Argo CD's check waits (Progressing); kstatus, which skips
+/// its generation check without `observedGeneration`, says Current — which is why the CRDs
+/// default `status.observedGeneration` to 0 (the real tier's `gitops_health` checks that a new
+/// grant reads InProgress).
 #[test]
 fn gitops_health_before_any_status() {
     use crate::common::health::{argocd, kstatus};

@@ -577,9 +577,23 @@ async fn gitops_health(server: Server) {
     let mut broken = policy_object(&env, &format!("{}-broken", env.id), &["Reader"], &[]);
     broken.spec.identities = vec!["/subscriptions/*/resourceGroups/rg-x**".into()];
     Api::<GrantPolicy>::all(env.admin.clone()).create(&PostParams::default(), &broken).await.expect("admitted");
-    let operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
     let api = env.grants(&ns);
     let pp = PostParams::default();
+    // Before the operator has ever looked at it, a new grant reads as not yet observed (the
+    // CRD's status default), so kstatus does not call it Current on the strength of no status.
+    let fresh = json!({"identity": {"workspace": {"resourceId": estate.workspaces[0].id}},
+                       "roleAssignments": [{"role": "Reader", "scope": sc.storage_account}]});
+    let created = api.create(&pp, &grant("fresh", fresh)).await.expect("create");
+    let obj = serde_json::to_value(&created).expect("json");
+    assert_eq!(obj.pointer("/status/observedGeneration"), Some(&json!(0)), "create response: {obj}");
+    let obj = as_json(&api, "fresh").await;
+    assert_eq!(obj.pointer("/status/observedGeneration"), Some(&json!(0)), "{obj}");
+    assert_eq!((kstatus(&obj), argocd(&obj).expect("lua").0.as_str()), ("InProgress", "Progressing"), "{obj}");
+    let policies: Api<GrantPolicy> = Api::all(env.admin.clone());
+    let obj = serde_json::to_value(policies.get(&env.id).await.expect("policy")).expect("json");
+    assert_eq!(kstatus(&obj), "InProgress", "a policy nobody has judged yet: {obj}");
+    let operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
+    ready_is(&api, "fresh", "True", None, SECONDS).await;
     let ws0 = &estate.workspaces[0];
     let workspace = json!({"workspace": {"resourceId": ws0.id}});
     let grants = [
@@ -639,7 +653,6 @@ async fn gitops_health(server: Server) {
         assert_eq!(kstatus(&obj), ks, "{name}: {obj}");
         assert_eq!(argocd(&obj).expect("lua").0, argo, "{name}: {obj}");
     }
-    let policies: Api<GrantPolicy> = Api::all(env.admin.clone());
     for (name, ks, argo) in [
         (env.id.clone(), "Current", "Healthy"),
         (broken.metadata.name.clone().unwrap_or_default(), "Failed", "Degraded"),
