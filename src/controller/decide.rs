@@ -429,7 +429,13 @@ fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d
         let reason = Reason::of_arm(e);
         st.state = if reason.retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
         st.reason = Some(reason.code().to_owned());
-        st.message = Some(format!("cannot list assignments at the scope: {e}"));
+        // Named the way a failed write at the scope names it, whichever of the two saw it first.
+        st.message = Some(match reason {
+            Reason::ScopeNotFound => {
+                format!("the scope {} does not exist (listing its assignments: {e})", desired.scope)
+            }
+            _ => format!("cannot list assignments at {}: {e}", desired.scope),
+        });
         d.entries[desired.index] = Some(st);
         d.creating.extend(intent.map(|i| (i.to_ascii_lowercase(), i)));
         return;

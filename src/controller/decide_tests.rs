@@ -309,6 +309,21 @@ fn drift_and_updates_are_written() {
     assert_eq!(d.intent, None, "an update creates nothing to record");
 }
 
+/// A scope found gone by its list says so as a failed write there would: naming the scope.
+#[test]
+fn a_scope_gone_from_its_list_is_named() {
+    let mut world = World::one(false);
+    let id = world.first_id();
+    let gone = ArmError::NotFound { code: "ResourceNotFound".into(), message: "The Resource was not found.".into() };
+    world.unreadable.insert(id.scope().normalized(), gone);
+    let d = world.decide();
+    let message = d.entries[0].as_ref().and_then(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains(&id.scope().to_string()) && message.contains("does not exist"), "{message}");
+    world.unreadable.insert(id.scope().normalized(), ArmError::Transient { status: Some(503), message: "m".into() });
+    let message = world.decide().entries[0].as_ref().and_then(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.starts_with(&format!("cannot list assignments at {}", id.scope())), "{message}");
+}
+
 #[test]
 fn an_unreadable_scope_keeps_the_intent_of_an_earlier_write() {
     let mut world = World::one(false);
