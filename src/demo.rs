@@ -12,8 +12,9 @@ use serde_json::json;
 
 use crate::api::{DatabricksIdentityGrant, GrantPolicy};
 use crate::azure::ResourceId;
-use crate::azure::client::{ArmClient, arm_retry, client_options};
+use crate::azure::client::{ArmClient, arm_retry};
 use crate::azure::credentials::ArmClients;
+use crate::azure::credentials::arm_client_options;
 use crate::controller::{self, Context, ControllerSettings};
 use crate::sandbox::estate::SUBSCRIPTION_ID;
 use crate::sandbox::{self, Sandbox, SandboxOptions, arm};
@@ -197,8 +198,7 @@ pub async fn run(keep: bool, verbose: bool) -> Result<(), DemoError> {
     options.arm_faults = arm::FaultConfig { latency_ms: 15, jitter_ms: 10, ..arm::FaultConfig::default() };
     let sandbox = sandbox::start(options).await?;
     let (settings, credential) = sandbox.in_process_operator(DEMO_SECRET)?;
-    let operator =
-        ArmClient::new(sandbox.arm.url(), credential, client_options(Some(&sandbox.arm.ca_file), arm_retry())?)?;
+    let operator = ArmClient::new(sandbox.arm.url(), credential, arm_client_options(&settings, arm_retry())?)?;
     let client = sandbox.kube.emulator.client().map_err(|e| DemoError::KubeClient(e.to_string()))?;
     let ctx = Arc::new(Context::new(
         client.clone(),

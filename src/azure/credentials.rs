@@ -56,7 +56,16 @@ pub struct AzureSettings {
 /// ARM client options: the CA bundle, ARM's retry policy, pacing from ARM's throttling headers
 /// (one pacer per client, i.e. per principal, as ARM meters them) and the extra policies.
 fn arm_options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
-    let mut options = client_options(settings.ca_file.as_deref(), arm_retry())?;
+    arm_client_options(settings, arm_retry())
+}
+
+/// The operator's ARM client options with another retry policy (tests and the demo use shorter
+/// waits); everything else — pacing, the extra policies — as the operator runs it.
+pub fn arm_client_options(
+    settings: &AzureSettings,
+    retry: azure_core::http::RetryOptions,
+) -> Result<ClientOptions, AzureSetupError> {
+    let mut options = client_options(settings.ca_file.as_deref(), retry)?;
     options.per_try_policies.push(Arc::new(super::pacing::PacingPolicy::observed_by(settings.pacing_observer.clone())));
     options.per_try_policies.extend(settings.arm_policies.iter().cloned());
     Ok(options)

@@ -135,7 +135,7 @@ struct BucketState {
     next_slot: Option<Instant>,
 }
 
-/// The pacer's decision for one request; either way the request is counted in flight.
+/// The pacer's decision for one request; `Go` and `After` count it in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
     /// Send now.
@@ -143,18 +143,40 @@ pub enum Pace {
     /// Send after this long: the slot is reserved, do not ask again (only a 429 arriving
     /// meanwhile holds it longer, see [`PaceBook::held`]).
     After(Duration),
+    /// Nothing is known of the bucket yet and the first request to it is on its way: ask again
+    /// after this long (its answer tells how much budget there is). Not counted in flight.
+    Probing(Duration),
 }
 
 /// Pacing state for every bucket one client draws from.
 #[derive(Debug, Default)]
 pub struct PaceBook {
     buckets: HashMap<BucketKey, BucketState>,
+    /// Buckets nothing is known of yet, whose first request is on its way (since when).
+    probes: HashMap<BucketKey, Instant>,
 }
+
+/// How often a request waiting for a bucket's first answer asks again.
+const PROBE_POLL: Duration = Duration::from_millis(20);
+/// A first request unanswered this long no longer holds the others back.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl BucketState {
     fn estimate(&self, now: Instant) -> f64 {
         let refill = self.rate.unwrap_or(0.0) * now.saturating_duration_since(self.at).as_secs_f64();
         (self.remaining + refill).min(self.largest) - self.in_flight
+    }
+
+    /// Nearly empty: one request per refilled token, in order of asking. Reserves the slot.
+    fn next_paced_slot(&mut self, now: Instant, estimate: f64) -> Instant {
+        let spacing = self.rate.map_or(UNKNOWN_RATE_WAIT, |r| wait_secs(1.0 / r.max(0.01)));
+        let earliest = match self.rate {
+            Some(rate) => now + wait_secs((PACE_BELOW - estimate) / rate.max(0.01)),
+            None => now + UNKNOWN_RATE_WAIT,
+        };
+        let slot = self.next_slot.map_or(earliest, |s| s.max(earliest));
+        self.next_slot = Some(slot + spacing);
+        slot
     }
 }
 
@@ -164,8 +186,15 @@ impl PaceBook {
     pub fn ask(&mut self, key: &BucketKey, now: Instant) -> Pace {
         let asked = now;
         let Some(state) = self.buckets.get_mut(key) else {
-            // Nothing known yet: the first response tells us.
-            return Pace::Go;
+            // Nothing known yet: one request finds out (its response reports the budget), the
+            // rest wait for that answer instead of all drawing on a bucket that may be empty.
+            return match self.probes.get(key) {
+                Some(since) if now.saturating_duration_since(*since) < PROBE_TIMEOUT => Pace::Probing(PROBE_POLL),
+                _ => {
+                    self.probes.insert(key.clone(), now);
+                    Pace::Go
+                }
+            };
         };
         let held = state.blocked_until.filter(|until| *until > now);
         if held.is_none() {
@@ -178,16 +207,23 @@ impl PaceBook {
             state.in_flight += 1.0;
             return if now > asked { Pace::After(now - asked) } else { Pace::Go };
         }
-        // Nearly empty: one request per refilled token, in order of asking.
-        let spacing = state.rate.map_or(UNKNOWN_RATE_WAIT, |r| wait_secs(1.0 / r.max(0.01)));
-        let earliest = match state.rate {
-            Some(rate) => now + wait_secs((PACE_BELOW - estimate) / rate.max(0.01)),
-            None => now + UNKNOWN_RATE_WAIT,
-        };
-        let slot = state.next_slot.map_or(earliest, |s| s.max(earliest));
-        state.next_slot = Some(slot + spacing);
+        let slot = state.next_paced_slot(now, estimate);
         state.in_flight += 1.0;
         Pace::After(slot.saturating_duration_since(asked))
+    }
+
+    /// For a request already counted in flight that a 429 held ([`PaceBook::held`]): how much
+    /// longer it waits for a paced slot. Everything a hold kept back is released at the same
+    /// instant; without this it would all go at once into a bucket that has just refilled a
+    /// token or two, and mostly draw 429s again.
+    pub fn reslot(&mut self, key: &BucketKey, now: Instant) -> Option<Duration> {
+        let state = self.buckets.get_mut(key)?;
+        // It is among those in flight already; the estimate is of what is left for it.
+        let estimate = state.estimate(now) + 1.0;
+        if estimate >= PACE_BELOW {
+            return None;
+        }
+        Some(state.next_paced_slot(now, estimate).saturating_duration_since(now))
     }
 
     /// How much longer a 429 holds `key`'s bucket, if it does.
@@ -205,6 +241,7 @@ impl PaceBook {
         throttled: Option<Duration>,
         counted_in_flight: bool,
     ) {
+        self.probes.remove(key);
         let state = self.buckets.entry(key.clone()).or_insert_with(|| BucketState {
             remaining: remaining.unwrap_or(0.0),
             at: now,
@@ -249,6 +286,11 @@ impl PaceBook {
         }
         state.remaining = remaining;
         state.at = now;
+    }
+
+    /// A bucket's first request ended without a response: the next request probes instead.
+    pub fn forget_probe(&mut self, key: &BucketKey) {
+        self.probes.remove(key);
     }
 
     /// A request counted in flight ended without a response (transport error).
@@ -302,22 +344,32 @@ impl Policy for PacingPolicy {
             ));
         };
         let asked = Instant::now();
-        let decision = self.book().ask(&key, asked);
-        let counted = self.book().buckets.contains_key(&key);
         let mut waited = false;
+        let decision = loop {
+            let decision = self.book().ask(&key, Instant::now());
+            match decision {
+                Pace::Probing(poll) => {
+                    waited = true;
+                    tokio::time::sleep(poll).await;
+                }
+                _ => break decision,
+            }
+        };
+        let counted = self.book().buckets.contains_key(&key);
         if let Pace::After(wait) = decision {
             waited = true;
             tokio::time::sleep(wait).await;
         }
-        // A 429 that arrived while this request waited holds it too.
+        // A 429 that arrived while this request waited holds it too; when the hold ends it
+        // takes a paced slot like the others the hold kept back.
         loop {
             let held = self.book().held(&key, Instant::now());
-            match held {
-                Some(wait) => {
-                    waited = true;
-                    tokio::time::sleep(wait).await;
-                }
-                None => break,
+            let Some(wait) = held else { break };
+            waited = true;
+            tokio::time::sleep(wait).await;
+            let slot = self.book().reslot(&key, Instant::now());
+            if let Some(slot) = slot {
+                tokio::time::sleep(slot).await;
             }
         }
         if waited && let Some(observer) = &self.observer {
@@ -333,7 +385,7 @@ impl Policy for PacingPolicy {
                 self.book().observe(&key, Instant::now(), remaining, throttled, counted);
             }
             Err(_) if counted => self.book().abandon(&key),
-            Err(_) => {}
+            Err(_) => self.book().forget_probe(&key),
         }
         result
     }
@@ -415,6 +467,47 @@ mod tests {
         assert_eq!(book.ask(&("sub".into(), BucketClass::Reads), t0), Pace::Go);
     }
 
+    /// The first request to an unknown bucket finds out; the others wait for its answer.
+    #[test]
+    fn an_unknown_bucket_is_probed_by_one_request() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        assert_eq!(book.ask(&key(), t0), Pace::Probing(PROBE_POLL));
+        // A probe that never answers stops holding the others back.
+        assert_eq!(book.ask(&key(), t0 + PROBE_TIMEOUT), Pace::Go);
+        // Its answer tells the budget: the rest go.
+        book.observe(&key(), t0, Some(3.0), None, false);
+        assert_eq!(book.ask(&key(), t0), Pace::Go);
+        // A first request lost to a transport error lets the next one probe.
+        let other = ("other".to_owned(), BucketClass::Reads);
+        assert_eq!(book.ask(&other, t0), Pace::Go);
+        book.forget_probe(&other);
+        assert_eq!(book.ask(&other, t0), Pace::Go);
+    }
+
+    /// Requests a hold kept back leave it one per refilled token, not all at once.
+    #[test]
+    fn what_a_429_held_leaves_in_paced_slots() {
+        let mut book = PaceBook::default();
+        let t0 = Instant::now();
+        book.observe(&key(), t0, Some(10.0), None, false);
+        // Four requests go, then the bucket answers 429 with Retry-After 1 s.
+        for _ in 0..4 {
+            assert_eq!(book.ask(&key(), t0), Pace::Go);
+        }
+        book.observe(&key(), t0, None, Some(Duration::from_secs(1)), true);
+        let released = t0 + Duration::from_secs(1);
+        assert_eq!(book.held(&key(), released), None);
+        // The three still in flight get distinct, increasing slots (1 s apart: no rate learned).
+        let slots: Vec<Duration> = (0..3).filter_map(|_| book.reslot(&key(), released)).collect();
+        assert_eq!(slots.len(), 3, "{slots:?}");
+        assert!(slots.windows(2).all(|w| w[1] >= w[0] + Duration::from_millis(900)), "{slots:?}");
+        // With tokens to spare nothing waits.
+        book.observe(&key(), released, Some(50.0), None, false);
+        assert_eq!(book.reslot(&key(), released), None);
+    }
+
     #[test]
     fn the_refill_rate_is_learned_and_an_empty_bucket_is_paced_at_it() {
         // Simulate a server bucket refilling 5 tokens/s, drained by one request every 0.1 s.
@@ -435,7 +528,7 @@ mod tests {
         book.observe(&key(), t, Some(0.0), None, false);
         let waits: Vec<Duration> = (0..4)
             .map(|_| match book.ask(&key(), t) {
-                Pace::After(d) => d,
+                Pace::After(d) | Pace::Probing(d) => d,
                 Pace::Go => Duration::ZERO,
             })
             .collect();

@@ -48,7 +48,10 @@ async fn arm_errors_resets_and_eventual_consistency() {
     h.stop().await;
 }
 
-/// A 429 storm: tiny buckets. Everything converges, and the operator does not hammer.
+/// A 429 storm: tiny buckets (5 reads/s, 2 writes/s). Everything converges, and the operator's
+/// pacer (the same pipeline `run` builds) keeps it from hammering: 429s stay a small share.
+/// Convergence is slow here — the pacer does not learn a refill rate from a bucket it never
+/// drains, so it holds to one request a second (issue 24 is about that) — so the wait is long.
 #[tokio::test]
 async fn throttling_storm_is_paced() {
     let _scenario = crate::common::scenario("Faults: ARM", "429 storm: Retry-After honoured, requests bounded");
@@ -60,11 +63,30 @@ async fn throttling_storm_is_paced() {
         deletes: Bucket { burst: 2.0, per_second: 2.0 },
     });
     let names = apply_grants(&h, "storm").await;
-    all_ready(&h, &names).await;
-    let throttled: u64 =
-        h.sandbox.arm.emulator.stats().iter().filter(|((_, status), _)| *status == 429).map(|(_, n)| n).sum();
-    let total: u64 = h.sandbox.arm.emulator.stats().values().sum();
-    assert!(throttled <= total / 2, "{throttled} of {total} requests were 429s: the operator is not pacing");
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut ready = 0;
+        for name in &names {
+            if h.grants.get(name).await.is_ok_and(|g| is_ready(&g)) {
+                ready += 1;
+            }
+        }
+        if ready == names.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ready}/{} Ready after 90 s", names.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stats = h.sandbox.arm.emulator.stats();
+    let throttled: u64 = stats.iter().filter(|((_, status), _)| *status == 429).map(|(_, n)| n).sum();
+    let total: u64 = stats.values().sum();
+    println!(
+        "throttling storm: {} grants Ready in {:.1} s; {throttled} of {total} ARM requests were 429s",
+        names.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(throttled * 10 <= total, "{throttled} of {total} requests were 429s: the operator is not pacing");
     h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
     h.assert_invariant(&[]).await;
     h.stop().await;
