@@ -82,10 +82,7 @@ impl Demo {
         for g in list.items {
             let status = g.status.clone().unwrap_or_default();
             let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-            let health = ["Ready", "Reconciling", "Stalled"]
-                .into_iter()
-                .find(|t| status.conditions.iter().any(|c| c.type_ == *t && c.status == "True"))
-                .unwrap_or("-");
+            let health = controller::conditions::health_of(&status.conditions).unwrap_or("-");
             let shown = format!("{health:<11}");
             let shown = match (self.colour, health) {
                 (false, _) | (_, "-") => shown,

@@ -79,14 +79,12 @@ pub(super) fn spawn_gauges(ctx: Arc<Context>, shutdown: tokio::sync::watch::Rece
 /// status and reason, and the role assignments they own. Reasons are the closed set of
 /// [`Reason`] codes (anything else counts as `Other`), so the series stay few.
 pub fn grant_counts(grants: &[Arc<DatabricksIdentityGrant>]) -> (HashMap<ReadyLabels, i64>, i64) {
-    use super::conditions::{READY, RECONCILING, STALLED};
     let mut counts: HashMap<ReadyLabels, i64> = HashMap::new();
     let mut managed = 0i64;
     for g in grants {
         let conditions: &[_] = g.status.as_ref().map_or(&[], |s| &s.conditions);
-        let is_true = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
-        let health = [STALLED, RECONCILING, READY].into_iter().find(|t| is_true(t)).unwrap_or("Unknown");
-        let labels = match conditions.iter().find(|c| c.type_ == READY) {
+        let health = super::conditions::health_of(conditions).unwrap_or("Unknown");
+        let labels = match conditions.iter().find(|c| c.type_ == super::conditions::READY) {
             None => ReadyLabels { health: health.into(), ready: "Unknown".into(), reason: String::new() },
             Some(c) => ReadyLabels {
                 health: health.into(),

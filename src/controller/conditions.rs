@@ -49,6 +49,12 @@ pub fn summarised(mut decided: Vec<Decided>) -> Vec<Decided> {
     decided
 }
 
+/// Which of `Ready`, `Reconciling` and `Stalled` is True in written conditions (`None`
+/// before the first status with them).
+pub fn health_of(conditions: &[Condition]) -> Option<&'static str> {
+    [STALLED, RECONCILING, READY].into_iter().find(|t| conditions.iter().any(|c| c.type_ == *t && c.status == "True"))
+}
+
 /// Merges decided conditions into the previous ones: keeps `lastTransitionTime` when the
 /// status is unchanged, keeps conditions of other types, orders by type.
 pub fn merge(previous: &[Condition], decided: &[Decided], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
