@@ -61,14 +61,23 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         kube_port: u16,
     },
+    /// Read-only: list every role assignment of the Azure Databricks identities in some
+    /// subscriptions, who manages it, and what to look at (privileged, data role on a
+    /// workspace's managed identity, broad scope, orphaned, duplicate).
+    Audit(Box<AuditArgs>),
+    /// Read-only: write DatabricksIdentityGrant manifests (managementPolicy Observe) that
+    /// reproduce the existing role assignments, and GrantPolicies that allow exactly them.
+    Import(Box<ImportArgs>),
+    /// Read-only: what Enforce would do for the grants in some manifests (for pull-request
+    /// checks). Exit 0: no changes, 2: changes, 1: errors or denials.
+    Plan(Box<PlanArgs>),
     /// Print the operator's version.
     Version,
 }
 
-/// Flags of `run`. Each reads an environment variable too, so `azure.env` from the sandbox
-/// (or a Helm chart's env) configures it.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
+/// How to reach Azure (shared by `run` and the read-only commands).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AzureArgs {
     /// ARM endpoint (sovereign clouds, private endpoints, the sandbox emulator).
     #[arg(long, env = "DBX_ARM_ENDPOINT", default_value = crate::azure::client::DEFAULT_ARM_ENDPOINT)]
     pub arm_endpoint: String,
@@ -78,6 +87,96 @@ pub struct RunArgs {
     /// How to authenticate to Azure.
     #[arg(long, env = "DBX_AZURE_AUTH", value_enum, default_value = "auto")]
     pub azure_auth: AuthMode,
+}
+
+/// Which part of Azure `audit` and `import` read.
+#[derive(Debug, clap::Args)]
+pub struct EstateArgs {
+    #[command(flatten)]
+    pub azure: AzureArgs,
+    /// Subscription id to read (repeatable); default: every subscription the credential can list.
+    #[arg(long = "subscription", value_name = "ID")]
+    pub subscriptions: Vec<String>,
+    /// Only identities in this resource group (repeatable).
+    #[arg(long = "resource-group", value_name = "NAME")]
+    pub resource_groups: Vec<String>,
+    /// A cluster whose grants say which assignments they manage (read only).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Exit 3 when any assignment is flagged.
+    Flagged,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub estate: EstateArgs,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub output: AuditFormat,
+    /// Exit 3 when any assignment is flagged (for scheduled checks).
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FailOn>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub estate: EstateArgs,
+    /// Namespace of the grants written.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Write one file per grant (and grantpolicies.yaml) into this directory instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Manifest file or directory (repeatable): grants, GrantPolicies, Namespaces.
+    #[arg(long = "filename", short = 'f', value_name = "FILE|DIR", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub azure: AzureArgs,
+    /// Add the cluster's live grants, policies and namespaces (read only), so removals and
+    /// shared assignments are planned as the operator would.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// As the operator's `--policy-mode`: `permissive` lets namespaces no policy governs grant
+    /// anything.
+    #[arg(long, value_enum, default_value = "require")]
+    pub policy_mode: crate::policy::evaluate::PolicyMode,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: PlanFormat,
+}
+
+/// Flags of `run`. Each reads an environment variable too, so `azure.env` from the sandbox
+/// (or a Helm chart's env) configures it.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub azure: AzureArgs,
     /// How often each grant is compared with Azure (e.g. 30s, 10m, 1h).
     #[arg(long, env = "DBX_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: std::time::Duration,
@@ -164,10 +263,27 @@ pub enum CliError {
     #[cfg(feature = "sandbox")]
     #[error("demo: {0}")]
     Demo(#[from] crate::demo::DemoError),
+    /// A read-only command could not do its work (the message says what and why).
+    #[error("{0}")]
+    Review(String),
 }
 
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Exit code of a successful command run (failures exit 1).
+pub type ExitStatus = u8;
+
+/// Runs a command; `Ok` carries the exit code (0, or a command's own: `plan` 2 for changes,
+/// `audit --fail-on flagged` 3).
+pub async fn run(cli: Cli) -> Result<ExitStatus, CliError> {
     match cli.command {
+        Command::Audit(args) => crate::review::commands::audit(*args).await,
+        Command::Import(args) => crate::review::commands::import(*args).await,
+        Command::Plan(args) => crate::review::commands::plan(*args).await,
+        other => run_other(other).await.map(|()| 0),
+    }
+}
+
+async fn run_other(command: Command) -> Result<(), CliError> {
+    match command {
         Command::Crd { write_dir: None } => print(&api::crds_yaml()?),
         Command::Crd { write_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).map_err(|source| CliError::WriteFile { path: dir.clone(), source })?;
@@ -195,6 +311,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Version => print(&format!("dbx-identity-operator {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::Audit(_) | Command::Import(_) | Command::Plan(_) => Ok(()),
     }
 }
 
@@ -205,14 +322,9 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
     crate::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await.map_err(CliError::Listen)?;
     crate::telemetry::serve_health(args.health_addr, metrics.clone()).await.map_err(CliError::Listen)?;
     let settings = AzureSettings {
-        arm_endpoint: args.arm_endpoint.clone(),
-        ca_file: args.azure_ca_file.clone(),
-        auth: args.azure_auth,
-        // Sovereign clouds and the sandbox: the Entra host client-secret and workload-identity
-        // credentials use (azure_identity does not read this variable itself).
-        authority_host: std::env::var("AZURE_AUTHORITY_HOST").ok().filter(|h| !h.is_empty()),
         arm_policies: vec![std::sync::Arc::new(crate::telemetry::ArmMetricsPolicy { metrics: metrics.clone() })],
         pacing_observer: Some(metrics.clone()),
+        ..args.azure.settings()
     };
     let arm = ArmClients::new(settings.clone(), operator_client(&settings)?);
     let client = kube::Client::try_default().await?;
@@ -291,7 +403,23 @@ impl ShutdownSignals {
     }
 }
 
-fn print(text: &str) -> Result<(), CliError> {
+impl AzureArgs {
+    /// Azure settings from the flags, without extra pipeline policies.
+    pub fn settings(&self) -> AzureSettings {
+        AzureSettings {
+            arm_endpoint: self.arm_endpoint.clone(),
+            ca_file: self.azure_ca_file.clone(),
+            auth: self.azure_auth,
+            // Sovereign clouds and the sandbox: the Entra host client-secret and workload-identity
+            // credentials use (azure_identity does not read this variable itself).
+            authority_host: std::env::var("AZURE_AUTHORITY_HOST").ok().filter(|h| !h.is_empty()),
+            arm_policies: Vec::new(),
+            pacing_observer: None,
+        }
+    }
+}
+
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(CliError::Stdout)
 }

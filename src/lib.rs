@@ -10,6 +10,7 @@ pub mod controller;
 #[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod policy;
+pub mod review;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod telemetry;

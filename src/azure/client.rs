@@ -212,6 +212,45 @@ impl ArmClient {
         self.list(self.url(&path, api_version::AUTHORIZATION, Some(&filter))?).await
     }
 
+    /// Subscriptions the credential can read, every page.
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>, ArmError> {
+        self.list(self.url("/subscriptions", api_version::SUBSCRIPTIONS, None)?).await
+    }
+
+    /// Workspaces in a subscription or resource group, every page.
+    pub async fn list_workspaces(&self, within: &ResourceId) -> Result<Vec<Workspace>, ArmError> {
+        let path = format!("{within}/providers/Microsoft.Databricks/workspaces");
+        self.list(self.url(&path, api_version::DATABRICKS, None)?).await
+    }
+
+    /// Access Connectors in a subscription or resource group, every page.
+    pub async fn list_access_connectors(&self, within: &ResourceId) -> Result<Vec<AccessConnector>, ArmError> {
+        let path = format!("{within}/providers/Microsoft.Databricks/accessConnectors");
+        self.list(self.url(&path, api_version::DATABRICKS, None)?).await
+    }
+
+    /// User-assigned managed identities in a subscription or resource group, every page.
+    pub async fn list_user_assigned_identities(
+        &self,
+        within: &ResourceId,
+    ) -> Result<Vec<UserAssignedIdentity>, ArmError> {
+        let path = format!("{within}/providers/Microsoft.ManagedIdentity/userAssignedIdentities");
+        self.list(self.url(&path, api_version::MANAGED_IDENTITY, None)?).await
+    }
+
+    /// Every role definition visible at `scope` (built-in and custom), every page.
+    pub async fn list_role_definitions(&self, scope: &ResourceId) -> Result<Vec<RoleDefinition>, ArmError> {
+        let path = format!("{scope}/providers/Microsoft.Authorization/roleDefinitions");
+        self.list(self.url(&path, api_version::AUTHORIZATION, None)?).await
+    }
+
+    /// Every role assignment at, above and below `scope` (no filter), every page: for a
+    /// subscription, all of its assignments in one paged read.
+    pub async fn list_role_assignments(&self, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
+        let path = RoleAssignmentId::collection_at(scope);
+        self.list(self.url(&path, api_version::AUTHORIZATION, None)?).await
+    }
+
     /// Role assignments at `scope` itself and above it (`atScope()`), every page.
     pub async fn list_role_assignments_at_scope(&self, scope: &ResourceId) -> Result<Vec<RoleAssignment>, ArmError> {
         let path = RoleAssignmentId::collection_at(scope);

@@ -10,6 +10,20 @@ pub mod api_version {
     pub const AUTHORIZATION: &str = "2022-04-01";
     pub const DATABRICKS: &str = "2026-01-01";
     pub const MANAGED_IDENTITY: &str = "2026-05-31";
+    /// `Microsoft.Resources` subscriptions (list only: which subscriptions an audit covers).
+    pub const SUBSCRIPTIONS: &str = "2022-12-01";
+}
+
+/// One entry of `GET /subscriptions` (Microsoft.Resources).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub subscription_id: String,
+    #[serde(default)]
+    pub display_name: String,
+    /// `Enabled`, `Warned`, `PastDue`, `Disabled` or `Deleted`.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// `Microsoft.Databricks/workspaces`.

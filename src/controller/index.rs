@@ -73,18 +73,28 @@ impl ClusterIndex {
     /// The GrantPolicies governing `namespace`, validated, by name. An invalid or unreadable
     /// policy governs nothing (it allows nothing; its status says why).
     pub fn governing_policies(&self, namespace: &str) -> Vec<(String, ValidatedPolicy)> {
-        let labels = self.namespace_labels(namespace);
-        self.policies()
-            .iter()
-            .filter_map(|p| {
-                if super::lenient::unreadable(p.as_ref()).is_some() {
-                    return None;
-                }
-                let valid = validate_policy_spec(&p.spec).ok()?;
-                selects(&valid.namespace_selector, &labels).then(|| (p.name_any(), valid))
-            })
-            .collect()
+        let policies = self.policies();
+        governing(policies.iter().map(AsRef::as_ref), &self.namespace_labels(namespace))
     }
+}
+
+/// The policies among `policies` that govern a namespace with `labels`, validated, by name
+/// (pure: the controller's index and `plan`'s manifests share it). An invalid or unreadable
+/// policy governs nothing.
+pub fn governing<'a>(
+    policies: impl IntoIterator<Item = &'a GrantPolicy>,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(String, ValidatedPolicy)> {
+    policies
+        .into_iter()
+        .filter_map(|p| {
+            if super::lenient::unreadable(p).is_some() {
+                return None;
+            }
+            let valid = validate_policy_spec(&p.spec).ok()?;
+            selects(&valid.namespace_selector, labels).then(|| (p.name_any(), valid))
+        })
+        .collect()
 }
 
 #[cfg(test)]

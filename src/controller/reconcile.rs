@@ -227,10 +227,10 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
             }
         }
     };
-    let roles = resolve_roles(ctx, &arm, &validated, principal.is_some(), &prejudged).await;
+    let roles = resolve_roles(&ctx.resolver, &arm, &validated, principal.is_some(), &prejudged).await;
     let verdicts = decide::judge(&governing, mode, &validated, &identity_id, &roles, prejudged);
     let desired = decide::desired_assignments(&validated, principal.as_ref(), &roles, &verdicts);
-    let (observed, unreadable) = observe(ctx, &arm, &desired).await;
+    let (observed, unreadable) = observe(&ctx.scopes, &ctx.concurrency, &arm, &desired).await;
     let others =
         ctx.claims.others(grant.meta().uid.as_deref(), &decide::relevant_names(&desired, &previous, &observed));
     let precedence = Precedence {
@@ -270,8 +270,8 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
 
 /// Each entry's role, at its scope (not for entries the pre-gate denied, nor without a
 /// principal).
-async fn resolve_roles(
-    ctx: &Context,
+pub async fn resolve_roles(
+    resolver: &super::resolve::Resolver,
     arm: &ArmClient,
     validated: &ValidatedGrant,
     have_principal: bool,
@@ -283,7 +283,7 @@ async fn resolve_roles(
             roles.push(RoleLookup::NotAsked);
             continue;
         }
-        roles.push(match ctx.resolver.role(arm, &ra.role, &ra.scope).await {
+        roles.push(match resolver.role(arm, &ra.role, &ra.scope).await {
             Ok(role) => RoleLookup::Resolved(role),
             Err(e) => RoleLookup::Failed(e),
         });
@@ -293,8 +293,9 @@ async fn resolve_roles(
 
 /// The assignments at each desired scope: one (cached) list per distinct scope; scopes that
 /// cannot be listed are returned with why.
-async fn observe(
-    ctx: &Context,
+pub async fn observe(
+    scope_cache: &super::resolve::ScopeAssignments,
+    concurrency: &super::concurrency::Concurrency,
     arm: &ArmClient,
     desired: &[super::plan::DesiredAssignment],
 ) -> (Vec<ObservedAssignment>, HashMap<String, ArmError>) {
@@ -308,8 +309,8 @@ async fn observe(
     }
     scopes.sort_by_key(|s| s.normalized());
     for scope in scopes {
-        let _permit = ctx.concurrency.arm_permit(scope).await;
-        match ctx.scopes.list(arm, scope).await {
+        let _permit = concurrency.arm_permit(scope).await;
+        match scope_cache.list(arm, scope).await {
             Ok(list) => observed.extend(list.iter().filter_map(ObservedAssignment::from_arm)),
             Err(e) => {
                 unreadable.insert(scope.normalized(), e);

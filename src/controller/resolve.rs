@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::api::validation::ValidatedIdentity;
 use crate::api::{PrincipalType, Reason};
-use crate::azure::models::{Permission, RoleAssignment, RoleDefinition};
+use crate::azure::models::{
+    AccessConnector, Permission, RoleAssignment, RoleDefinition, UserAssignedIdentity, Workspace,
+};
 use crate::azure::role_ref::ROLE_DEFINITION_TYPE;
 use crate::azure::{ArmClient, ArmError, ResourceId, RoleRef};
 
@@ -192,20 +194,7 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
             let ws = arm.get_workspace(workspace).await.map_err(|e| {
                 ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e)
             })?;
-            let managed_rg = ResourceId::parse(&ws.properties.managed_resource_group_id).map_err(|e| {
-                ResolveError::missing(
-                    Reason::NoManagedIdentity,
-                    format!(
-                        "workspace {workspace} reports managed resource group '{}': {e}",
-                        ws.properties.managed_resource_group_id
-                    ),
-                )
-            })?;
-            let id = managed_rg.with_provider_resource(
-                "Microsoft.ManagedIdentity",
-                "userAssignedIdentities",
-                "dbmanagedidentity",
-            );
+            let id = managed_identity_id(workspace, &ws)?;
             let uai = arm.get_user_assigned_identity(&id).await.map_err(|e| {
                 ResolveError::from_arm(
                     Reason::NoManagedIdentity,
@@ -213,45 +202,79 @@ async fn resolve_identity(arm: &ArmClient, identity: &ValidatedIdentity) -> Resu
                     &e,
                 )
             })?;
-            Ok(Principal {
-                principal_id: uai.properties.principal_id.to_ascii_lowercase(),
-                principal_type: PrincipalType::ServicePrincipal,
-                tenant_id: Some(uai.properties.tenant_id),
-                identity_resource_id: Some(id.to_string()),
-            })
+            Ok(principal_of_user_assigned(&id, &uai))
         }
         ValidatedIdentity::WorkspaceAccessConnector { workspace } => {
             let ws = arm.get_workspace(workspace).await.map_err(|e| {
                 ResolveError::from_arm(Reason::WorkspaceNotFound, &format!("workspace {workspace}"), &e)
             })?;
-            let Some(link) = ws.properties.access_connector else {
-                return Err(ResolveError::missing(
-                    Reason::NoLinkedAccessConnector,
-                    format!("workspace {workspace} links no Access Connector (properties.accessConnector)"),
-                ));
-            };
-            let connector = ResourceId::parse(&link.id).map_err(|e| {
-                ResolveError::missing(Reason::AccessConnectorNotFound, format!("workspace links '{}': {e}", link.id))
-            })?;
-            let user_assigned = match link
-                .user_assigned_identity_id
-                .as_deref()
-                .filter(|_| link.identity_type.eq_ignore_ascii_case("UserAssigned"))
-            {
-                Some(uai) => Some(ResourceId::parse(uai).map_err(|e| {
-                    ResolveError::missing(
-                        Reason::AccessConnectorHasNoIdentity,
-                        format!("workspace names user-assigned identity '{uai}': {e}"),
-                    )
-                })?),
-                None => None,
-            };
+            let (connector, user_assigned) = linked_connector(workspace, &ws)?;
             connector_principal(arm, &connector, user_assigned.as_ref()).await
         }
         ValidatedIdentity::AccessConnector { connector, user_assigned_identity } => {
             connector_principal(arm, connector, user_assigned_identity.as_ref()).await
         }
     }
+}
+
+/// The ARM id of a workspace's built-in `dbmanagedidentity`, in its managed resource group.
+/// Pure: `resolve_identity` and the read-only commands (`audit`, `import`, `plan`) share it.
+pub fn managed_identity_id(workspace: &ResourceId, ws: &Workspace) -> Result<ResourceId, ResolveError> {
+    let managed_rg = ResourceId::parse(&ws.properties.managed_resource_group_id).map_err(|e| {
+        ResolveError::missing(
+            Reason::NoManagedIdentity,
+            format!(
+                "workspace {workspace} reports managed resource group '{}': {e}",
+                ws.properties.managed_resource_group_id
+            ),
+        )
+    })?;
+    Ok(managed_rg.with_provider_resource("Microsoft.ManagedIdentity", "userAssignedIdentities", DBMANAGEDIDENTITY))
+}
+
+/// Name of the user-assigned identity Azure Databricks creates in each workspace's managed
+/// resource group.
+pub const DBMANAGEDIDENTITY: &str = "dbmanagedidentity";
+
+/// The principal of a user-assigned identity (`id`), from its GET or list body.
+pub fn principal_of_user_assigned(id: &ResourceId, uai: &UserAssignedIdentity) -> Principal {
+    Principal {
+        principal_id: uai.properties.principal_id.to_ascii_lowercase(),
+        principal_type: PrincipalType::ServicePrincipal,
+        tenant_id: Some(uai.properties.tenant_id.clone()),
+        identity_resource_id: Some(id.to_string()),
+    }
+}
+
+/// The Access Connector a workspace links (`properties.accessConnector`), and the
+/// user-assigned identity it names when the link is `UserAssigned`.
+pub fn linked_connector(
+    workspace: &ResourceId,
+    ws: &Workspace,
+) -> Result<(ResourceId, Option<ResourceId>), ResolveError> {
+    let Some(link) = &ws.properties.access_connector else {
+        return Err(ResolveError::missing(
+            Reason::NoLinkedAccessConnector,
+            format!("workspace {workspace} links no Access Connector (properties.accessConnector)"),
+        ));
+    };
+    let connector = ResourceId::parse(&link.id).map_err(|e| {
+        ResolveError::missing(Reason::AccessConnectorNotFound, format!("workspace links '{}': {e}", link.id))
+    })?;
+    let user_assigned = match link
+        .user_assigned_identity_id
+        .as_deref()
+        .filter(|_| link.identity_type.eq_ignore_ascii_case("UserAssigned"))
+    {
+        Some(uai) => Some(ResourceId::parse(uai).map_err(|e| {
+            ResolveError::missing(
+                Reason::AccessConnectorHasNoIdentity,
+                format!("workspace names user-assigned identity '{uai}': {e}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok((connector, user_assigned))
 }
 
 async fn connector_principal(
@@ -262,7 +285,17 @@ async fn connector_principal(
     let ac = arm.get_access_connector(connector).await.map_err(|e| {
         ResolveError::from_arm(Reason::AccessConnectorNotFound, &format!("access connector {connector}"), &e)
     })?;
-    let identity = ac.identity.ok_or_else(|| {
+    principal_of_connector(connector, &ac, user_assigned)
+}
+
+/// The principal of an Access Connector's system-assigned identity, or of the user-assigned
+/// identity `user_assigned` it carries, from the connector's GET or list body.
+pub fn principal_of_connector(
+    connector: &ResourceId,
+    ac: &AccessConnector,
+    user_assigned: Option<&ResourceId>,
+) -> Result<Principal, ResolveError> {
+    let identity = ac.identity.as_ref().ok_or_else(|| {
         ResolveError::missing(
             Reason::AccessConnectorHasNoIdentity,
             format!("access connector {connector} has no managed identity"),
@@ -296,7 +329,7 @@ async fn connector_principal(
     Ok(Principal {
         principal_id: principal.to_ascii_lowercase(),
         principal_type: PrincipalType::ServicePrincipal,
-        tenant_id: identity.tenant_id,
+        tenant_id: identity.tenant_id.clone(),
         identity_resource_id: Some(resource),
     })
 }
@@ -309,7 +342,8 @@ fn role_error(role: &RoleRef, e: &ArmError) -> ResolveError {
     error
 }
 
-fn resolved(def: RoleDefinition) -> Option<ResolvedRole> {
+/// A role definition as the resolver keeps it (`None` when its name is not a GUID).
+pub fn resolved(def: RoleDefinition) -> Option<ResolvedRole> {
     let guid = crate::azure::guid::parse_guid(&def.name)?;
     Some(ResolvedRole {
         role_definition_id: def.id,
@@ -378,7 +412,7 @@ struct ScopeList {
 
 /// The assignments of an `atScope()` list made at exactly `scope` (the list also holds every
 /// assignment above it; plans compare exact scopes only).
-fn at_exactly(scope: &ResourceId, listed: Vec<RoleAssignment>) -> Vec<RoleAssignment> {
+pub fn at_exactly(scope: &ResourceId, listed: Vec<RoleAssignment>) -> Vec<RoleAssignment> {
     listed
         .into_iter()
         .filter(|a| a.properties.scope.as_deref().and_then(|s| ResourceId::parse(s).ok()).is_some_and(|s| s == *scope))

@@ -7,7 +7,9 @@
 //! versions of Azure's template reference for each type
 //! (learn.microsoft.com/azure/templates/microsoft.managedidentity/userassignedidentities,
 //! …/microsoft.databricks/workspaces, …/microsoft.databricks/accessconnectors,
-//! …/microsoft.authorization/roleassignments and …/roledefinitions), newest first; the first is
+//! …/microsoft.authorization/roleassignments and …/roledefinitions; subscriptions: the
+//! Subscriptions - List REST reference, learn.microsoft.com/rest/api/resources/subscriptions/list),
+//! newest first; the first is
 //! the one the operator pins ([`crate::azure::models::api_version`]), whose responses the
 //! contract check validates against `../shared/azure/specs`. Versions the current SDKs send:
 //! azure-mgmt-msi 7.1 `2024-11-30`, azure-mgmt-authorization 4.0 `2022-04-01`,
@@ -25,6 +27,8 @@ pub enum Versioned {
     UserAssignedIdentity,
     RoleDefinition,
     RoleAssignment,
+    /// `GET /subscriptions` (Microsoft.Resources).
+    Subscription,
 }
 
 impl Versioned {
@@ -37,6 +41,7 @@ impl Versioned {
                 &[api_version::MANAGED_IDENTITY, "2024-11-30", "2023-01-31", "2018-11-30"]
             }
             Versioned::RoleDefinition | Versioned::RoleAssignment => &[api_version::AUTHORIZATION, "2015-07-01"],
+            Versioned::Subscription => &[api_version::SUBSCRIPTIONS, "2022-01-01", "2021-01-01", "2020-01-01"],
         }
     }
 

@@ -164,6 +164,35 @@ enum ArmOperation {
     GetRoleAssignment(ResourceId, String),
     PutRoleAssignment(ResourceId, String),
     DeleteRoleAssignment(ResourceId, String),
+    /// `GET /subscriptions`.
+    ListSubscriptions,
+    /// `GET {subscription or resource group}/providers/{type}`: workspaces, Access Connectors
+    /// or user-assigned identities.
+    ListResources(ResourceId, ListedType),
+}
+
+/// A resource type listed by subscription or resource group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListedType {
+    Workspaces,
+    AccessConnectors,
+    UserAssignedIdentities,
+}
+
+impl ListedType {
+    const ALL: [(ListedType, &'static str); 3] = [
+        (ListedType::Workspaces, "/providers/microsoft.databricks/workspaces"),
+        (ListedType::AccessConnectors, "/providers/microsoft.databricks/accessconnectors"),
+        (ListedType::UserAssignedIdentities, "/providers/microsoft.managedidentity/userassignedidentities"),
+    ];
+
+    fn resource_type(self) -> &'static str {
+        match self {
+            ListedType::Workspaces => "Microsoft.Databricks/workspaces",
+            ListedType::AccessConnectors => "Microsoft.Databricks/accessConnectors",
+            ListedType::UserAssignedIdentities => "Microsoft.ManagedIdentity/userAssignedIdentities",
+        }
+    }
 }
 
 impl ArmOperation {
@@ -178,11 +207,18 @@ impl ArmOperation {
             ArmOperation::GetRoleAssignment(..) => "GetRoleAssignment",
             ArmOperation::PutRoleAssignment(..) => "PutRoleAssignment",
             ArmOperation::DeleteRoleAssignment(..) => "DeleteRoleAssignment",
+            ArmOperation::ListSubscriptions => "ListSubscriptions",
+            ArmOperation::ListResources(_, ListedType::Workspaces) => "ListWorkspaces",
+            ArmOperation::ListResources(_, ListedType::AccessConnectors) => "ListAccessConnectors",
+            ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => "ListUserAssignedIdentities",
         }
     }
 
-    fn scope(&self) -> &ResourceId {
-        match self {
+    /// The subscription whose throttling buckets the request draws from (`None`: tenant-level).
+    fn subscription(&self) -> Option<&str> {
+        let scope = match self {
+            ArmOperation::ListSubscriptions => return None,
+            ArmOperation::ListResources(s, _) => s,
             ArmOperation::GetWorkspace(s)
             | ArmOperation::GetAccessConnector(s)
             | ArmOperation::GetUserAssignedIdentity(s)
@@ -192,7 +228,8 @@ impl ArmOperation {
             | ArmOperation::GetRoleAssignment(s, _)
             | ArmOperation::PutRoleAssignment(s, _)
             | ArmOperation::DeleteRoleAssignment(s, _) => s,
-        }
+        };
+        scope.subscription_id()
     }
 
     fn versioned(&self) -> Versioned {
@@ -201,6 +238,10 @@ impl ArmOperation {
             ArmOperation::GetAccessConnector(_) => Versioned::AccessConnector,
             ArmOperation::GetUserAssignedIdentity(_) => Versioned::UserAssignedIdentity,
             ArmOperation::GetRoleDefinition(..) | ArmOperation::ListRoleDefinitions(_) => Versioned::RoleDefinition,
+            ArmOperation::ListSubscriptions => Versioned::Subscription,
+            ArmOperation::ListResources(_, ListedType::Workspaces) => Versioned::Workspace,
+            ArmOperation::ListResources(_, ListedType::AccessConnectors) => Versioned::AccessConnector,
+            ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => Versioned::UserAssignedIdentity,
             _ => Versioned::RoleAssignment,
         }
     }
@@ -222,6 +263,18 @@ fn parse_operation(method: &Method, path: &str) -> Result<ArmOperation, ArmFailu
         |e: String| ArmFailure::new(400, "InvalidResourceId", format!("The resource id '{path}' is invalid: {e}"));
     let lower = path.to_ascii_lowercase();
     let scope_of = |cut: usize| ResourceId::parse(&path[..cut]).map_err(|e| invalid(e.to_string()));
+    if *method == Method::GET && lower.trim_end_matches('/') == "/subscriptions" {
+        return Ok(ArmOperation::ListSubscriptions);
+    }
+    for (listed, suffix) in ListedType::ALL {
+        if *method == Method::GET && lower.ends_with(suffix) {
+            let within = scope_of(path.len() - suffix.len())?;
+            if !within.sections().is_empty() || within.subscription_id().is_none() {
+                return Err(invalid("lists by type are served per subscription or resource group".into()));
+            }
+            return Ok(ArmOperation::ListResources(within, listed));
+        }
+    }
     for (suffix, is_assignment) in [(ASSIGNMENTS, true), (DEFINITIONS, false)] {
         if lower.ends_with(suffix) && *method == Method::GET {
             let scope = scope_of(path.len() - suffix.len())?;
@@ -350,7 +403,7 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
     };
 
     let class = operation.class();
-    let bucket_key = operation.scope().subscription_id().unwrap_or("tenant").to_owned();
+    let bucket_key = operation.subscription().unwrap_or("tenant").to_owned();
     let remaining = match lock(&emulator.throttle).draw(&bucket_key, class) {
         Draw::Allowed { remaining } => remaining,
         Draw::Throttled { retry_after } => {
@@ -397,6 +450,14 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
                 .and_then(|()| state.user_assigned_identity(id))
                 .map(|b| (200, b)),
             ArmOperation::GetRoleDefinition(scope, guid) => state.role_definition(scope, guid).map(|b| (200, b)),
+            ArmOperation::ListSubscriptions => {
+                let items = state.subscriptions_readable_by(&caller);
+                Ok((200, page(&link_origin, path, &query, items, state.config.page_size)))
+            }
+            ArmOperation::ListResources(within, listed) => state
+                .authorize(&caller, within, &format!("{}/read", listed.resource_type()))
+                .and_then(|()| state.list_resources(within, listed.resource_type()))
+                .map(|items| (200, page(&link_origin, path, &query, items, state.config.page_size))),
             ArmOperation::ListRoleDefinitions(scope) => {
                 let name = query.get("$filter").and_then(|f| parse_role_name_filter(f));
                 state

@@ -486,6 +486,46 @@ impl ArmState {
         }))
     }
 
+    /// `GET /subscriptions`: the subscriptions where `caller` holds any role (at, above or below
+    /// the subscription), as Azure lists those the caller can see.
+    pub fn subscriptions_readable_by(&self, caller: &str) -> Vec<Value> {
+        let caller = caller.to_ascii_lowercase();
+        self.subscriptions
+            .iter()
+            .filter(|sub| {
+                let key = ResourceId::subscription(sub).normalized();
+                self.assignments.values().any(|a| {
+                    a.principal_id == caller && (contains_key(&a.scope_key, &key) || contains_key(&key, &a.scope_key))
+                })
+            })
+            .map(|sub| {
+                json!({
+                    "id": format!("/subscriptions/{sub}"), "subscriptionId": sub, "tenantId": self.tenant_id,
+                    "displayName": format!("sandbox {sub}"), "state": "Enabled",
+                    "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "PayAsYouGo_2014-09-01", "spendingLimit": "Off"},
+                    "authorizationSource": "RoleBased",
+                })
+            })
+            .collect()
+    }
+
+    /// The resources of `resource_type` inside a subscription or resource group (GET bodies).
+    pub fn list_resources(&self, within: &ResourceId, resource_type: &str) -> ArmResult<Vec<Value>> {
+        self.check_scope_exists(within)?;
+        let key = within.normalized();
+        Ok(self
+            .resources
+            .values()
+            .filter(|r| r.id.is_type(resource_type) && contains_key(&key, &r.id.normalized()))
+            .filter_map(|r| match r.kind {
+                ResourceKind::Workspace { .. } => self.workspace(&r.id).ok(),
+                ResourceKind::AccessConnector { .. } => self.access_connector(&r.id).ok(),
+                ResourceKind::UserAssignedIdentity { .. } => self.user_assigned_identity(&r.id).ok(),
+                ResourceKind::Generic => None,
+            })
+            .collect())
+    }
+
     fn role_visible_at(role: &RoleDefinition, scope: &ResourceId) -> bool {
         !role.custom || role.assignable_scopes.iter().any(|s| s.contains(scope))
     }

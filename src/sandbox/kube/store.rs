@@ -403,6 +403,7 @@ impl Store {
         }
         if ty.is_namespace() {
             object["status"] = json!({"phase": "Active"});
+            label_namespace_name(&mut object, &name);
         }
         if ty.is_crd() {
             // Served at once, as the API server reports once it serves the kind (`kubectl wait
@@ -420,7 +421,18 @@ impl Store {
         self.publish(ty, namespace, EventKind::Added, &object);
         Ok(object)
     }
+}
 
+/// The label the API server puts on every namespace, naming it (on create and update, since
+/// Kubernetes 1.21): what a GrantPolicy selects one namespace by.
+fn label_namespace_name(object: &mut Value, name: &str) {
+    if !object["metadata"]["labels"].is_object() {
+        object["metadata"]["labels"] = json!({});
+    }
+    object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+}
+
+impl Store {
     /// Replaces an object (PUT), on the main resource or its `status` subresource.
     pub fn update(
         &mut self,
@@ -498,6 +510,9 @@ impl Store {
             ));
         }
         let mut new = if status { new } else { self.admit(ty, new, Some(&old))? };
+        if ty.is_namespace() {
+            label_namespace_name(&mut new, name);
+        }
         // A write that changes nothing is not a new version.
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         if new == old {
