@@ -33,5 +33,6 @@ mod log_scan;
 mod policy;
 mod rbac;
 mod reconciler;
+mod review;
 mod run_binary;
 mod sandbox_kubectl;
