@@ -186,7 +186,8 @@ pub fn classify(estate: &Estate, cluster: &ClusterRecords) -> AuditReport {
         });
     }
     // Orphans: assignments of principals no live identity has, known to have been Databricks
-    // identities — named by the operator's scheme, or resolved by a grant in the cluster.
+    // identities — one of their assignments named by the operator's scheme, or a grant in the
+    // cluster resolved them.
     // (Hand-made assignments of a deleted identity look like any other principal's without
     // Microsoft Graph, which the operator does not call.)
     let mut orphans: BTreeMap<String, Vec<&RoleAssignment>> = BTreeMap::new();
@@ -194,11 +195,10 @@ pub fn classify(estate: &Estate, cluster: &ClusterRecords) -> AuditReport {
         if live.contains(principal.as_str()) {
             continue;
         }
-        let known = cluster.principals.contains_key(principal);
-        for a in held {
-            if known || operator_named(a) {
-                orphans.entry(principal.clone()).or_default().push(a);
-            }
+        // One assignment named by the operator shows the principal was a grant's identity: then
+        // all its assignments are orphaned.
+        if cluster.principals.contains_key(principal) || held.iter().any(|a| operator_named(a)) {
+            orphans.insert(principal.clone(), held.clone());
         }
     }
     for (principal, held) in orphans {
@@ -253,6 +253,19 @@ fn assignment_scope(a: &RoleAssignment) -> Option<ResourceId> {
     }
 }
 
+/// Whether `parent`'s assignment reaches `child`: by id below a subscription; above one, by
+/// the subscriptions whose lists held it as inherited.
+fn covers(estate: &Estate, assignment: &RoleAssignment, parent: &ResourceId, child: &ResourceId) -> bool {
+    match (parent.subscription_id(), child.subscription_id()) {
+        (Some(_), _) => parent.contains(child),
+        (None, Some(sub)) => estate
+            .inherited_by
+            .get(&assignment.id.to_ascii_lowercase())
+            .is_some_and(|subs| subs.iter().any(|s| s.eq_ignore_ascii_case(sub))),
+        (None, None) => parent.contains(child),
+    }
+}
+
 fn audited(
     estate: &Estate,
     cluster: &ClusterRecords,
@@ -286,7 +299,7 @@ fn audited(
                     && super::discover::role_guid(&other.properties.role_definition_id) == guid
                     && other.properties.condition.is_none()
                     && match (other_scope, scope) {
-                        (Some(parent), Some(child)) => parent != child && parent.contains(child),
+                        (Some(parent), Some(child)) => parent != child && covers(estate, other, parent, child),
                         _ => false,
                     }
             });
@@ -395,5 +408,98 @@ impl AuditReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::azure::models::{Permission, RoleAssignmentProperties};
+    use crate::controller::resolve::ResolvedRole;
+
+    const SUB: &str = "6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f";
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const GONE: &str = "99999999-0000-4000-8000-000000000009";
+
+    fn assignment(name: &str, scope: &str, principal: &str, condition: Option<&str>) -> RoleAssignment {
+        RoleAssignment {
+            id: format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name: name.into(),
+            properties: RoleAssignmentProperties {
+                scope: Some(scope.into()),
+                role_definition_id: format!("/providers/Microsoft.Authorization/roleDefinitions/{READER}"),
+                principal_id: principal.into(),
+                condition: condition.map(Into::into),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn estate(assignments: Vec<RoleAssignment>) -> Estate {
+        let reader = ResolvedRole {
+            role_definition_id: format!("/providers/Microsoft.Authorization/roleDefinitions/{READER}"),
+            guid: crate::azure::guid::parse_guid(READER).expect("guid"),
+            role_name: "Reader".into(),
+            permissions: vec![Permission { actions: vec!["*/read".into()], ..Permission::default() }],
+        };
+        Estate {
+            subscriptions: vec![SUB.into()],
+            assignments,
+            roles: [(READER.to_owned(), Arc::new(reader))].into_iter().collect(),
+            ..Estate::default()
+        }
+    }
+
+    #[test]
+    fn broad_scopes_duplicates_and_orphans() {
+        let mg = "/providers/Microsoft.Management/managementGroups/platform";
+        let group = format!("/subscriptions/{SUB}/resourceGroups/rg-lake");
+        let account = format!("{group}/providers/Microsoft.Storage/storageAccounts/st");
+        let scope = ResourceId::parse(&account).expect("scope");
+        let guid = crate::azure::guid::parse_guid(READER).expect("guid");
+        let operator_named = assignment_name(GONE, guid, &scope);
+        let mut estate = estate(vec![
+            assignment("00000000-0000-4000-8000-000000000001", mg, GONE, None),
+            // Below a condition-free Reader at the management group: adds nothing.
+            assignment("00000000-0000-4000-8000-000000000002", &group, GONE, None),
+            assignment(&operator_named, &account, GONE, None),
+            // Someone else's principal, not known to be a Databricks identity: not reported.
+            assignment("00000000-0000-4000-8000-000000000004", &account, "88888888-0000-4000-8000-000000000008", None),
+        ]);
+        // The subscription's list held the management group's assignment: it is inherited there.
+        estate.inherited_by.insert(
+            format!("{mg}/providers/Microsoft.Authorization/roleAssignments/00000000-0000-4000-8000-000000000001")
+                .to_ascii_lowercase(),
+            [SUB.to_owned()].into_iter().collect(),
+        );
+        let report = classify(&estate, &ClusterRecords::default());
+        assert_eq!(report.identities.len(), 1, "{report:#?}");
+        let gone = &report.identities[0];
+        assert_eq!((gone.kind, gone.label.as_str()), (None, "identity gone"));
+        assert_eq!(gone.assignments.len(), 3, "every assignment of an orphaned principal, once one is known");
+        let flags = |scope: &str| {
+            gone.assignments.iter().find(|a| a.scope.eq_ignore_ascii_case(scope)).map(|a| a.flags.clone()).expect(scope)
+        };
+        assert_eq!(flags(mg), [Flag::BroadScope, Flag::Orphaned]);
+        assert_eq!(flags(&group), [Flag::Orphaned, Flag::Duplicate]);
+        assert_eq!(flags(&account), [Flag::Orphaned, Flag::Duplicate]);
+        let at_account = gone.assignments.iter().find(|a| a.scope == account).expect("account");
+        assert_eq!(at_account.ownership, Ownership::OperatorNamed);
+        assert_eq!(report.summary.flagged, 3);
+
+        // A parent assignment with a condition grants less: the child is no duplicate.
+        let estate_with_condition = super::tests::estate(vec![
+            assignment("00000000-0000-4000-8000-000000000001", &group, GONE, Some("@Resource[x] StringEquals 'y'")),
+            assignment(&operator_named, &account, GONE, None),
+        ]);
+        let cluster = ClusterRecords {
+            principals: [(GONE.to_owned(), "data/lake".to_owned())].into_iter().collect(),
+            ..ClusterRecords::default()
+        };
+        let report = classify(&estate_with_condition, &cluster);
+        assert_eq!(report.identities[0].label, "identity gone (was data/lake's)");
+        assert!(report.identities[0].assignments.iter().all(|a| !a.flags.contains(&Flag::Duplicate)));
     }
 }

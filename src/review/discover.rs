@@ -89,6 +89,10 @@ pub struct Estate {
     /// How many definitions carry each role name (lower case): a name is only used in
     /// manifests when exactly one does.
     pub role_name_counts: HashMap<String, usize>,
+    /// Assignments above subscriptions (management groups, tenant root), by id (lower case):
+    /// the subscriptions whose lists held them, i.e. those they are inherited by (their ids do
+    /// not show the hierarchy).
+    pub inherited_by: HashMap<String, std::collections::BTreeSet<String>>,
     pub problems: Vec<Problem>,
 }
 
@@ -246,7 +250,12 @@ fn assemble(readings: Vec<Reading>, resource_groups: &[String]) -> Estate {
             Ok(list) => {
                 any = true;
                 for a in list {
-                    if seen_assignments.insert(a.id.to_ascii_lowercase()) {
+                    let key = a.id.to_ascii_lowercase();
+                    let above = a.properties.scope.as_deref().and_then(|s| ResourceId::parse(s).ok());
+                    if above.is_some_and(|s| s.subscription_id().is_none()) {
+                        estate.inherited_by.entry(key.clone()).or_default().insert(reading.subscription.clone());
+                    }
+                    if seen_assignments.insert(key) {
                         estate.assignments.push(a);
                     }
                 }

@@ -218,3 +218,203 @@ pub fn stream(imported: &Imported) -> String {
     out.push_str(&imported.policies.yaml);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::validation::{validate_grant_spec_json, validate_policy_spec_json};
+    use crate::azure::ResourceId;
+    use crate::azure::models::{Permission, RoleAssignment, RoleAssignmentProperties};
+    use crate::controller::resolve::{Principal, ResolvedRole};
+    use crate::policy::evaluate::{Governing, PolicyMode, Request, RoleFacts, Verdict, evaluate, selects};
+    use crate::review::audit::{ClusterRecords, classify};
+    use crate::review::discover::{DiscoveredIdentity, IdentityKind};
+
+    const SUB: &str = "6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f";
+    const PRINCIPAL: &str = "25061450-61e9-5c58-9446-93716ad5974c";
+    const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+    const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+    const BLOB: &str = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1";
+    const CUSTOM_A: &str = "11111111-0000-4000-8000-000000000001";
+    const CUSTOM_B: &str = "11111111-0000-4000-8000-000000000002";
+
+    fn rg(name: &str) -> String {
+        format!("/subscriptions/{SUB}/resourceGroups/{name}")
+    }
+
+    fn role(guid: &str, name: &str, actions: &[&str]) -> (String, Arc<ResolvedRole>) {
+        let permissions =
+            vec![Permission { actions: actions.iter().map(|a| a.to_string()).collect(), ..Permission::default() }];
+        let role = ResolvedRole {
+            role_definition_id: format!(
+                "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
+            ),
+            guid: crate::azure::guid::parse_guid(guid).expect("guid"),
+            role_name: name.into(),
+            permissions,
+        };
+        (guid.into(), Arc::new(role))
+    }
+
+    fn assignment(n: usize, guid: &str, scope: &str) -> RoleAssignment {
+        let name = format!("00000000-0000-4000-8000-{n:012}");
+        RoleAssignment {
+            id: format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name,
+            properties: RoleAssignmentProperties {
+                scope: Some(scope.into()),
+                role_definition_id: format!(
+                    "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
+                ),
+                principal_id: PRINCIPAL.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn estate(assignments: Vec<RoleAssignment>) -> Estate {
+        let connector =
+            ResourceId::parse(&format!("{}/providers/Microsoft.Databricks/accessConnectors/ac-uc", rg("rg-analytics")))
+                .expect("id");
+        let roles: HashMap<String, Arc<ResolvedRole>> = [
+            role(READER, "Reader", &["*/read"]),
+            role(OWNER, "Owner", &["*"]),
+            role(BLOB, "Storage Blob Data Reader", &["Microsoft.Storage/storageAccounts/blobServices/containers/read"]),
+            // Two custom roles with one name: manifests must name them by GUID.
+            role(CUSTOM_A, "Lake Auditor", &["*/read"]),
+            role(CUSTOM_B, "Lake Auditor", &["*/read"]),
+        ]
+        .into_iter()
+        .collect();
+        let mut role_name_counts = HashMap::new();
+        for r in roles.values() {
+            *role_name_counts.entry(r.role_name.to_ascii_lowercase()).or_default() += 1;
+        }
+        Estate {
+            subscriptions: vec![SUB.into()],
+            identities: vec![DiscoveredIdentity {
+                kind: IdentityKind::AccessConnectorSystemAssigned,
+                source: crate::api::IdentitySource {
+                    access_connector: Some(crate::api::AccessConnectorIdentity {
+                        resource_id: connector.to_string(),
+                        user_assigned_identity_id: None,
+                    }),
+                    ..Default::default()
+                },
+                policy_id: connector,
+                principal: Principal {
+                    principal_id: PRINCIPAL.into(),
+                    principal_type: crate::api::PrincipalType::ServicePrincipal,
+                    tenant_id: None,
+                    identity_resource_id: None,
+                },
+                label: "ac-uc".into(),
+                linked_by: Vec::new(),
+            }],
+            assignments,
+            roles,
+            role_name_counts,
+            ..Estate::default()
+        }
+    }
+
+    fn documents(text: &str) -> Vec<serde_json::Value> {
+        serde_yaml_ng::Deserializer::from_str(text)
+            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+            .filter(|v: &serde_json::Value| !v.is_null())
+            .collect()
+    }
+
+    #[test]
+    fn imported_grants_validate_and_their_policies_allow_exactly_them() {
+        let estate = estate(vec![
+            assignment(1, READER, &rg("rg-lake")),
+            assignment(2, READER, &rg("rg-raw")),
+            assignment(3, BLOB, &rg("rg-lake")),
+            assignment(4, CUSTOM_A, &rg("rg-lake")),
+            assignment(5, OWNER, &format!("/subscriptions/{SUB}")),
+        ]);
+        let report = classify(&estate, &ClusterRecords::default());
+        let imported = manifests(&estate, &report, "data");
+        assert_eq!((imported.imported, imported.left_out, imported.grants.len()), (4, 1, 1));
+        let grant = &documents(&imported.grants[0].yaml)[0];
+        let validated = validate_grant_spec_json(&grant["spec"]).expect("the operator accepts the grant");
+        assert_eq!(grant["spec"]["managementPolicy"], "Observe");
+        let roles: Vec<&str> = grant["spec"]["roleAssignments"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["role"].as_str())
+            .collect();
+        assert!(roles.contains(&CUSTOM_A), "an ambiguous name is written as the GUID: {roles:?}");
+        assert!(!roles.contains(&"Owner"), "privileged left out: {roles:?}");
+        assert!(imported.grants[0].yaml.contains("#   - Owner at /subscriptions/"), "{}", imported.grants[0].yaml);
+
+        let policies: Vec<_> = documents(&imported.policies.yaml)
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                    validate_policy_spec_json(&p["spec"]).expect("policy validates"),
+                )
+            })
+            .collect();
+        let labels = [("kubernetes.io/metadata.name".to_owned(), "data".to_owned())].into_iter().collect();
+        assert!(policies.iter().all(|(_, p)| selects(&p.namespace_selector, &labels)));
+        let governing: Vec<Governing<'_>> = policies.iter().map(|(name, policy)| Governing { name, policy }).collect();
+        let judge = |guid: &str, scope: &str| {
+            let r = &estate.roles[guid];
+            let scope = ResourceId::parse(scope).expect("scope");
+            let request = Request {
+                identity: validated.identity.policy_resource_id().expect("id").to_string(),
+                workspace_managed_identity: false,
+                role: RoleFacts { guid: r.guid, name: &r.role_name, permissions: &r.permissions },
+                scope: &scope,
+                position: 0,
+            };
+            matches!(evaluate(&governing, PolicyMode::Require, &request), Verdict::Allowed { .. })
+        };
+        for (guid, scope) in
+            [(READER, rg("rg-lake")), (READER, rg("rg-raw")), (BLOB, rg("rg-lake")), (CUSTOM_A, rg("rg-lake"))]
+        {
+            assert!(judge(guid, &scope), "imported {guid} at {scope} must be allowed");
+        }
+        // Reader is held at two groups, the blob role at one: the policies do not lend it the other.
+        assert!(!judge(BLOB, &rg("rg-raw")), "a tuple that was not imported is allowed");
+        assert!(!judge(OWNER, &format!("/subscriptions/{SUB}")), "privileged allowed");
+    }
+
+    #[test]
+    fn grants_split_at_one_hundred_entries_and_names_are_valid() {
+        let estate = estate((0..150).map(|n| assignment(n, READER, &rg(&format!("rg-{n}")))).collect());
+        let report = classify(&estate, &ClusterRecords::default());
+        let imported = manifests(&estate, &report, "data");
+        let sizes: Vec<usize> = imported
+            .grants
+            .iter()
+            .map(|g| documents(&g.yaml)[0]["spec"]["roleAssignments"].as_array().map_or(0, Vec::len))
+            .collect();
+        assert_eq!(sizes, [100, 50]);
+        assert_eq!(imported.grants[1].file, "ac-uc-2.yaml");
+        assert_eq!(object_name("dbw-analytics-prod (dbmanagedidentity)"), "dbw-analytics-prod-dbmanagedidentity");
+        assert_eq!(object_name("Ac_Shared (ID.Data)"), "ac-shared-id-data");
+        assert_eq!(object_name("***"), "identity");
+        assert!(object_name(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn what_a_grant_already_manages_is_not_imported_again() {
+        let estate = estate(vec![assignment(1, READER, &rg("rg-lake")), assignment(2, BLOB, &rg("rg-lake"))]);
+        let mut cluster = ClusterRecords::default();
+        cluster.owners.insert(
+            estate.assignments[0].id.to_ascii_lowercase(),
+            crate::review::audit::Ownership::Managed { grant: "data/lake".into() },
+        );
+        let imported = manifests(&estate, &classify(&estate, &cluster), "data");
+        assert_eq!(imported.imported, 1);
+        assert!(!imported.grants[0].yaml.contains("role: Reader\n"), "{}", imported.grants[0].yaml);
+    }
+}
