@@ -3,8 +3,10 @@
 //! commands wrote nothing to Azure (the ARM emulator's PUT/DELETE counters).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
 use std::time::Duration;
+use tokio::process::Command;
 
 use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant};
 use dbx_identity_operator::azure::ResourceId;
@@ -18,13 +20,15 @@ use crate::common::{Harness, NS, grant, guid_of, harness_with, rg, yaml_document
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
 
-/// Runs the binary with the sandbox's Azure settings.
-fn cli(h: &Harness, args: &[&str]) -> Output {
+/// Runs the binary with the sandbox's Azure settings (async: the emulators serve from this
+/// runtime meanwhile).
+async fn cli(h: &Harness, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .envs(h.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("KUBECONFIG")
         .output()
+        .await
         .expect("run the binary")
 }
 
@@ -100,7 +104,7 @@ async fn imported_manifests_change_nothing_in_observe_and_enforce_adopts() {
     let hand_made = brownfield(&h);
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("imported");
-    let out = cli(&h, &["import", "--quiet", "--namespace", NS, "--out", out_dir.to_str().expect("path")]);
+    let out = cli(&h, &["import", "--quiet", "--namespace", NS, "--out", out_dir.to_str().expect("path")]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stderr.contains("imported 3 role assignment(s) into 2 grant(s)"), "{stderr}");
@@ -135,7 +139,7 @@ async fn imported_manifests_change_nothing_in_observe_and_enforce_adopts() {
 
     // The cluster now manages what was imported: audit names each grant, plan has nothing to do.
     let kubeconfig = h.sandbox.kubeconfig.to_str().expect("path").to_owned();
-    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig, "-o", "json"]);
+    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig, "-o", "json"]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).expect("audit JSON");
@@ -149,7 +153,7 @@ async fn imported_manifests_change_nothing_in_observe_and_enforce_adopts() {
     let adopted = owners.iter().filter(|(_, o)| o.contains("\"adopted\"")).count();
     assert_eq!(adopted, 3, "{owners:?}");
     assert!(owners.iter().any(|(role, o)| role == "Owner" && o.contains("\"unmanaged\"")), "{owners:?}");
-    let out = cli(&h, &["plan", "-f", out_dir.to_str().expect("path"), "--kubeconfig", &kubeconfig]);
+    let out = cli(&h, &["plan", "-f", out_dir.to_str().expect("path"), "--kubeconfig", &kubeconfig]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "nothing to do once adopted:\n{stdout}{stderr}");
     assert!(
@@ -182,7 +186,7 @@ async fn audit_classifies_flags_and_exit_codes() {
     let writes_before = arm_writes(&h);
     let kubeconfig = h.sandbox.kubeconfig.to_str().expect("path").to_owned();
 
-    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig]);
+    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     let line = |needle: &str| stdout.lines().find(|l| l.contains(needle)).unwrap_or_default().to_owned();
@@ -197,21 +201,21 @@ async fn audit_classifies_flags_and_exit_codes() {
         "summary line last:\n{stdout}"
     );
 
-    let out = cli(&h, &["audit", "--quiet", "--fail-on", "flagged"]);
+    let out = cli(&h, &["audit", "--quiet", "--fail-on", "flagged"]).await;
     assert_eq!(out.status.code(), Some(3), "flagged → 3: {:?}", text(&out));
     // Without the cluster, the operator's own assignments are still recognised by their names.
     assert!(text(&out).0.lines().any(|l| l.contains("rg-streaming") && l.contains("operator-named")));
 
     // The identity is deleted in Azure: its assignment points at a missing principal.
     h.sandbox.arm.emulator.state().delete_resource(&ResourceId::parse(&data_identity.id).expect("id"));
-    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig, "-o", "markdown"]);
+    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig, "-o", "markdown"]).await;
     let (stdout, _) = text(&out);
     assert!(stdout.contains("## identity gone (was team-analytics/shared-data's) (gone)"), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("Storage Blob Data Reader") && l.contains("orphaned")), "{stdout}");
 
     // Bad input: a clear message and exit 1; an unreadable subscription is reported and the rest
     // still shown.
-    let out = cli(&h, &["audit", "--subscription", "not-a-subscription"]);
+    let out = cli(&h, &["audit", "--subscription", "not-a-subscription"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).1.contains("--subscription 'not-a-subscription' is not a subscription id (a GUID)"),
@@ -219,13 +223,13 @@ async fn audit_classifies_flags_and_exit_codes() {
         text(&out)
     );
     let unknown = "00000000-1111-4222-8333-444444444444";
-    let out = cli(&h, &["audit", "--quiet", "--subscription", unknown, "--subscription", SUBSCRIPTION_ID]);
+    let out = cli(&h, &["audit", "--quiet", "--subscription", unknown, "--subscription", SUBSCRIPTION_ID]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("problem: subscription {unknown}: cannot list workspaces")), "{stdout}");
     assert!(stdout.contains("ac-unity-catalog"), "the readable subscription is still reported:\n{stdout}");
     assert!(stderr.contains("audit incomplete"), "{stderr}");
-    let out = cli(&h, &["audit", "--kubeconfig", "/nonexistent/kubeconfig"]);
+    let out = cli(&h, &["audit", "--kubeconfig", "/nonexistent/kubeconfig"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("cannot read kubeconfig /nonexistent/kubeconfig"), "{:?}", text(&out));
     assert_eq!(arm_writes(&h), writes_before, "audit wrote to Azure");
@@ -266,7 +270,7 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
         &grant_yaml("lake", &connector, &json!([{"role": "Reader", "scope": rg("rg-streaming")}])),
     );
     let permissive = ["--policy-mode", "permissive"];
-    let out = cli(&h, &[&["plan", "-f", &same, "--kubeconfig", &kubeconfig][..], &permissive].concat());
+    let out = cli(&h, &[&["plan", "-f", &same, "--kubeconfig", &kubeconfig][..], &permissive].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     assert!(text(&out).0.contains("unchanged Reader at"), "{:?}", text(&out));
 
@@ -282,7 +286,8 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
         ),
     );
     let out =
-        cli(&h, &[&["plan", "-f", &changed, "--kubeconfig", &kubeconfig, "-o", "json"][..], &permissive].concat());
+        cli(&h, &[&["plan", "-f", &changed, "--kubeconfig", &kubeconfig, "-o", "json"][..], &permissive].concat())
+            .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
     let plan: Value = serde_json::from_str(&stdout).expect("plan JSON");
@@ -291,7 +296,7 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
     assert_eq!(actions, ["adopt", "create", "remove"], "{stdout}");
     assert!(plan["grants"][0]["live"].as_bool().unwrap_or(false));
     // Without the cluster, nothing is known to remove.
-    let out = cli(&h, &[&["plan", "-f", &changed, "-o", "json"][..], &permissive].concat());
+    let out = cli(&h, &[&["plan", "-f", &changed, "-o", "json"][..], &permissive].concat()).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(!text(&out).0.contains("\"action\": \"remove\""), "{:?}", text(&out));
 
@@ -308,12 +313,12 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
         "owner.yaml",
         &grant_yaml("owner", &connector, &json!([{"role": "Owner", "scope": rg("rg-lake")}])),
     );
-    let out = cli(&h, &["plan", "-f", &owner, "-f", &policy]);
+    let out = cli(&h, &["plan", "-f", &owner, "-f", &policy]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("! denied    Owner at") && stdout.contains("PrivilegedRole"), "{stdout}");
     // The same grant in a namespace no policy governs (policy mode require): denied as well.
-    let out = cli(&h, &["plan", "-f", &same]);
+    let out = cli(&h, &["plan", "-f", &same]).await;
     assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
 
     // A manifest that does not validate: file, object and field named; nothing planned.
@@ -322,7 +327,7 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
         "bad.yaml",
         &grant_yaml("bad", &connector, &json!([{"role": "Reader", "scope": "/subscriptions/nope"}])),
     );
-    let out = cli(&h, &["plan", "-f", &bad]);
+    let out = cli(&h, &["plan", "-f", &bad]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(
@@ -331,10 +336,10 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
     );
     assert!(stdout.is_empty(), "{stdout}");
     let junk = write(dir.path(), "junk.yaml", "kind: [unclosed\n");
-    let out = cli(&h, &["plan", "-f", &junk]);
+    let out = cli(&h, &["plan", "-f", &junk]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains(&format!("{junk}: not YAML")), "{:?}", text(&out));
-    let out = cli(&h, &["plan", "-f", "/nonexistent/dir"]);
+    let out = cli(&h, &["plan", "-f", "/nonexistent/dir"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("/nonexistent/dir"), "{:?}", text(&out));
     assert_eq!(arm_writes(&h), writes_before, "plan wrote to Azure");

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use crate::Case;
 use crate::cluster::{Env, Operator, RealCluster, Server, create_namespace, wait_until};
 
-const SCENARIOS: [&str; 5] = ["lifecycle", "policy_triggers", "drift_healed", "two_replicas", "gitops_health"];
+const SCENARIOS: [&str; 6] =
+    ["lifecycle", "policy_triggers", "drift_healed", "two_replicas", "gitops_health", "brownfield_import"];
 /// Deadline for what must happen "within seconds".
 const SECONDS: Duration = Duration::from_secs(10);
 const LABEL: &str = "dbx-operator.io/scenario";
@@ -46,6 +47,8 @@ pub fn cases(real: Option<Arc<RealCluster>>) -> Vec<Case> {
         cases.push(Case::new(format!("{label}/two_replicas"), t, move || two_replicas(s)));
         let s = server.clone();
         cases.push(Case::new(format!("{label}/gitops_health"), t, move || gitops_health(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/brownfield_import"), t, move || brownfield_import(s)));
     }
     if let Some(real) = real {
         cases.push(Case::new("real/chart_rbac_exact", Duration::from_secs(30), move || chart_rbac_exact(real)));
@@ -682,4 +685,100 @@ async fn gitops_health(server: Server) {
     let obj = as_json(&api, "healthy").await;
     assert_eq!(kstatus(&obj), "InProgress", "{obj}");
     assert_eq!(argocd(&obj).expect("lua").0, "Progressing", "{obj}");
+}
+
+/// The read-only commands against this server: `import` writes manifests for hand-made
+/// assignments; the server admits them, its `kubernetes.io/metadata.name` label lets the
+/// imported policies select the namespace, and the operator (Observe, then Enforce) adopts
+/// everything without one ARM write; `plan` then has nothing to do and `audit` names the grants.
+async fn brownfield_import(server: Server) {
+    let env = Env::new(server, "brownfield_import").await;
+    let estate = env.sandbox.estate.clone();
+    let connector = estate.access_connectors[0].principal_id.clone().expect("system-assigned");
+    {
+        let mut state = env.sandbox.arm.emulator.state();
+        for (scope, role, principal) in [
+            (&estate.scopes.resource_group, "Reader", &connector),
+            (&estate.scopes.storage_account, "Storage Blob Data Reader", &connector),
+            (
+                &estate.scopes.storage_account,
+                "Storage Blob Data Reader",
+                &estate.workspaces[0].managed_identity_principal_id,
+            ),
+        ] {
+            let guid = state.role_guid_by_name(role).expect("role");
+            state.assign_out_of_band(
+                &dbx_identity_operator::azure::ResourceId::parse(scope).expect("scope"),
+                guid,
+                principal,
+            );
+        }
+    }
+    let ns = format!("{}-data", env.id);
+    create_namespace(&env.admin, &ns, BTreeMap::new()).await.expect("namespace");
+    // Async: the emulators serve from this runtime while the command runs.
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dbx-identity-operator"))
+            .args(args)
+            .envs(env.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("KUBECONFIG")
+            .output()
+    };
+    let out_dir = env.dir.path().join("imported");
+    let out = run(&["import", "-q", "--namespace", &ns, "--out", out_dir.to_str().expect("path")]).await.expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let writes = |env: &Env| {
+        let e = &env.sandbox.arm.emulator;
+        e.count("PutRoleAssignment") + e.count("DeleteRoleAssignment")
+    };
+    // Applied as a person would: the server admits every document.
+    let mut names = Vec::new();
+    for file in crate::common::yaml_files(&out_dir) {
+        for doc in crate::common::yaml_documents(&file) {
+            if doc["kind"] == "GrantPolicy" {
+                let policy: GrantPolicy = serde_json::from_value(doc).expect("policy");
+                Api::<GrantPolicy>::all(env.admin.clone())
+                    .create(&PostParams::default(), &policy)
+                    .await
+                    .expect("admitted");
+            } else {
+                let grant: DatabricksIdentityGrant = serde_json::from_value(doc).expect("grant");
+                names.push(grant.metadata.name.clone().unwrap_or_default());
+                env.grants(&ns).create(&PostParams::default(), &grant).await.expect("admitted");
+            }
+        }
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let operator = env.operator("replica-0", &[&ns], &["--resync-interval", "1h"]);
+    let api = env.grants(&ns);
+    let all_adopted = |api: Api<DatabricksIdentityGrant>, name: String| async move {
+        let g = api.get(&name).await.map_err(|e| e.to_string())?;
+        let status = g.status.unwrap_or_default();
+        let adopted = status.observed_generation == g.metadata.generation
+            && !status.role_assignments.is_empty()
+            && status.role_assignments.iter().all(|e| e.state == AssignmentState::Adopted);
+        if adopted { Ok(()) } else { Err(format!("{:?}", status.role_assignments)) }
+    };
+    for name in &names {
+        wait_until(&format!("{name} adopted in Observe"), SECONDS, || all_adopted(api.clone(), name.clone())).await;
+    }
+    api.patch(&names[0], &PatchParams::default(), &Patch::Merge(&json!({"spec": {"managementPolicy": "Enforce"}})))
+        .await
+        .expect("patch");
+    wait_until("adopted under Enforce", SECONDS, || all_adopted(api.clone(), names[0].clone())).await;
+    assert_eq!(writes(&env), 0, "the import's grants wrote to Azure");
+
+    let kubeconfig = env.admin_kubeconfig.to_str().expect("path").to_owned();
+    let out = run(&["plan", "-f", out_dir.to_str().expect("path"), "--kubeconfig", &kubeconfig]).await.expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("; 3 unchanged."), "{stdout}");
+    let out = run(&["audit", "-q", "--kubeconfig", &kubeconfig]).await.expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.matches(&format!("adopted by {ns}/")).count(), 3, "{stdout}");
+    assert_eq!(writes(&env), 0);
+    gitops_agrees(&env).await;
+    let exit = operator.stop().await;
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
 }
