@@ -307,6 +307,41 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
             get(format!("{assignments}?$filter=atScope()"), "2022-04-01").await,
         ),
         (
+            "LIST workspaces by subscription (first page)",
+            (DBW, "/subscriptions/{subscriptionId}/providers/Microsoft.Databricks/workspaces", "get", "200"),
+            get(format!("/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Databricks/workspaces"), "2026-01-01").await,
+        ),
+        (
+            "LIST workspaces by resource group",
+            (DBW, "/resourceGroups/{resourceGroupName}/providers/Microsoft.Databricks/workspaces", "get", "200"),
+            get(
+                format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-analytics/providers/Microsoft.Databricks/workspaces"),
+                "2026-01-01",
+            )
+            .await,
+        ),
+        (
+            "LIST access connectors by subscription",
+            (DBAC, "/subscriptions/{subscriptionId}/providers/Microsoft.Databricks/accessConnectors", "get", "200"),
+            get(format!("/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Databricks/accessConnectors"), "2026-01-01")
+                .await,
+        ),
+        (
+            "LIST user-assigned identities by subscription",
+            (MSI, "/subscriptions/{subscriptionId}/providers/Microsoft.ManagedIdentity/userAssignedIdentities", "get", "200"),
+            get(
+                format!("/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.ManagedIdentity/userAssignedIdentities"),
+                "2026-05-31",
+            )
+            .await,
+        ),
+        (
+            "LIST role assignments (no filter)",
+            (RA, "/{scope}/providers/Microsoft.Authorization/roleAssignments", "get", "200"),
+            get(format!("/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleAssignments"), "2022-04-01")
+                .await,
+        ),
+        (
             "LIST role assignments by principal",
             (RA, "/{scope}/providers/Microsoft.Authorization/roleAssignments", "get", "200"),
             get(format!("{assignments}?$filter=principalId%20eq%20'{principal}'"), "2022-04-01").await,
