@@ -53,6 +53,8 @@ pub enum DemoError {
     Timeout { scenario: &'static str, seconds: u64, detail: String },
     #[error("cannot create a working directory: {0}")]
     Dir(std::io::Error),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 struct Demo {
@@ -393,6 +395,7 @@ pub async fn run(keep: bool, verbose: bool) -> Result<(), DemoError> {
         say(&format!("    {operation:<26} {status:>3}  {count}"));
     }
     say(&format!("  Azure role assignments now: {}", demo.sandbox.arm.emulator.state().all_assignments().len()));
+    audit_summary(&demo.sandbox, &client).await?;
     say(&format!("  total {:.1} s", demo.started.elapsed().as_secs_f64()));
     if let Some(path) = &log_file {
         say(&format!("  logs: {}", path.display()));
@@ -410,6 +413,33 @@ pub async fn run(keep: bool, verbose: bool) -> Result<(), DemoError> {
     let _ = tokio::time::timeout(Duration::from_secs(10), controller_task).await;
     demo.sandbox.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// What `dbx-identity-operator audit --kubeconfig …` reports now (read-only; after the ARM
+/// statistics above, so those are the operator's alone).
+async fn audit_summary(sandbox: &sandbox::Sandbox, client: &kube::Client) -> Result<(), DemoError> {
+    use crate::review::{Progress, ReadOnly, audit, discover};
+    let (mut settings, credential) = sandbox.in_process_operator(DEMO_SECRET)?;
+    settings.arm_policies.push(Arc::new(ReadOnly));
+    let arm = ArmClient::new(sandbox.arm.url(), credential, arm_client_options(&settings, arm_retry())?)?;
+    let query = discover::EstateQuery {
+        subscriptions: vec![crate::sandbox::estate::SUBSCRIPTION_ID.into()],
+        resource_groups: Vec::new(),
+    };
+    let estate = discover::discover(&arm, &query, &Progress::new(true)).await.map_err(DemoError::Audit)?;
+    let cluster = crate::review::read_cluster(client).await.map_err(DemoError::Audit)?;
+    let report = audit::classify(&estate, &audit::ClusterRecords::from_grants(&cluster.grants));
+    say("  `audit` now (who holds what, read-only):");
+    for identity in report.identities.iter().filter(|i| !i.assignments.is_empty()) {
+        for a in &identity.assignments {
+            let scope = a.scope.rsplit('/').next().unwrap_or_default();
+            let flags = a.flags.iter().map(|f| f.code()).collect::<Vec<_>>().join(",");
+            let flags = if flags.is_empty() { String::new() } else { format!("  ! {flags}") };
+            say(&format!("    {:<38} {:<30} {:<18} {}{flags}", identity.label, a.role, scope, a.ownership.label()));
+        }
+    }
+    say(&format!("    {}", report.summary_line()));
     Ok(())
 }
 

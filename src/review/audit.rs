@@ -32,7 +32,8 @@ pub enum Ownership {
 }
 
 impl Ownership {
-    fn label(&self) -> String {
+    /// As the table shows it.
+    pub fn label(&self) -> String {
         match self {
             Ownership::Managed { grant } => format!("managed by {grant}"),
             Ownership::Adopted { grant } => format!("adopted by {grant}"),

@@ -29,6 +29,14 @@ fn demo_plays_every_scenario_and_exits_zero() {
     assert!(stdout.lines().any(|l| l.contains("analytics-prod-keyvault") && l.contains("2/2")), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("lake-owner") && l.contains("RoleNotAllowed")), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("lake-owner") && l.contains("Stalled")), "{stdout}");
+    // The summary ends with `audit`'s view: every assignment left is a grant's.
+    assert!(stdout.contains("`audit` now (who holds what, read-only):"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("Azure Event Hubs Data Receiver")
+            && l.contains("managed by team-analytics/streaming-telemetry-receiver")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("5 role assignments: 5 managed, 0 adopted, 0 unmanaged"), "{stdout}");
 
     // The story and nothing else: no log lines, no escape codes when piped, nothing on stderr.
     let stderr = String::from_utf8_lossy(&output.stderr);
