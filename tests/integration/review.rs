@@ -321,6 +321,22 @@ async fn plan_reports_what_enforce_would_do_with_terraform_exit_codes() {
     let out = cli(&h, &["plan", "-f", &same]).await;
     assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
 
+    // A scope that does not exist: that entry cannot be planned (1), the others still are.
+    let missing = write(
+        dir.path(),
+        "missing.yaml",
+        &grant_yaml(
+            "missing",
+            &connector,
+            &json!([{"role": "Reader", "scope": rg("rg-gone")}, {"role": "Reader", "scope": rg("rg-lake")}]),
+        ),
+    );
+    let out = cli(&h, &[&["plan", "-f", &missing][..], &permissive].concat()).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("! error     Reader at") && stdout.contains("rg-gone"), "{stdout}");
+    assert!(stdout.contains("= adopt     Reader at"), "{stdout}");
+
     // A manifest that does not validate: file, object and field named; nothing planned.
     let bad = write(
         dir.path(),
