@@ -19,6 +19,7 @@
 //! `decide.rs` (with a row in `decide_tests.rs`); a new Azure call goes in `azure::client` and
 //! is made from `execute.rs` (writes) or `resolve.rs` (reads).
 
+pub mod assess;
 mod background;
 pub mod claims;
 pub mod concurrency;
@@ -125,6 +126,11 @@ pub struct Context {
 type GrantTrigger = futures::channel::mpsc::UnboundedSender<ObjectRef<DatabricksIdentityGrant>>;
 
 impl Context {
+    /// The caches and limits a reconcile's reads go through.
+    pub fn caches(&self) -> assess::Caches<'_> {
+        assess::Caches { resolver: &self.resolver, scopes: &self.scopes, concurrency: &self.concurrency }
+    }
+
     pub fn new(
         client: kube::Client,
         arm: ArmClients,

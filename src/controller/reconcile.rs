@@ -4,7 +4,6 @@
 //! record intent → [`execute`](super::execute::execute) → [`report`](super::report::report) →
 //! write status and Events. Cleanup on deletion runs through kube-runtime's finalizer helper.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +17,17 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use super::assess::assess;
 use super::conditions::{self, Decided};
-use super::decide::{self, Inputs, RoleLookup};
+use super::decide;
 use super::events::GrantEvent;
-use super::plan::{ObservedAssignment, Precedence};
+use super::plan::Precedence;
 use super::report::{self, Report};
 use super::retry::RetryClass;
 use super::{Context, grant_key as key};
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
 use crate::api::{DatabricksIdentityGrant, DatabricksIdentityGrantStatus, ManagementPolicy, Reason};
-use crate::azure::{ArmClient, ArmError, RoleAssignmentId};
+use crate::azure::{ArmClient, RoleAssignmentId};
 
 /// Finalizer that holds a grant until its assignments are cleaned up.
 pub const FINALIZER: &str = "identity.dbx-operator.io/cleanup";
@@ -204,52 +204,25 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         }
     };
 
-    // Policy pre-gate on the parsed ids: what no policy could allow costs no ARM call. Roles are
-    // judged once resolved.
     let policies = ctx.index.governing_policies(&grant.namespace().unwrap_or_default());
     let governing: Vec<crate::policy::evaluate::Governing<'_>> =
         policies.iter().map(|(name, policy)| crate::policy::evaluate::Governing { name, policy }).collect();
-    let mode = ctx.settings.policy_mode;
-    let identity_id = decide::policy_identity(&validated.identity);
-    let prejudged = decide::prejudge(&governing, mode, &identity_id, &validated);
-
-    // The identity is not even looked up when the pre-gate allows nothing.
-    let principal = if prejudged.iter().all(Option::is_some) {
-        None
-    } else {
-        match ctx.resolver.principal(&arm, &validated.identity).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                let report = report::identity_failed(&grant.spec, &previous, &e);
-                let retry = report.retry;
-                persist(grant, grant.resource_version(), ctx, report, &previous).await?;
-                return Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)));
-            }
+    let assessment = match assess(ctx.caches(), &arm, &governing, ctx.settings.policy_mode, &validated).await {
+        Ok(assessment) => assessment,
+        Err(e) => {
+            let report = report::identity_failed(&grant.spec, &previous, &e);
+            let retry = report.retry;
+            persist(grant, grant.resource_version(), ctx, report, &previous).await?;
+            return Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)));
         }
     };
-    let roles = resolve_roles(&ctx.resolver, &arm, &validated, principal.is_some(), &prejudged).await;
-    let verdicts = decide::judge(&governing, mode, &validated, &identity_id, &roles, prejudged);
-    let desired = decide::desired_assignments(&validated, principal.as_ref(), &roles, &verdicts);
-    let (observed, unreadable) = observe(&ctx.scopes, &ctx.concurrency, &arm, &desired).await;
-    let others =
-        ctx.claims.others(grant.meta().uid.as_deref(), &decide::relevant_names(&desired, &previous, &observed));
+    let others = ctx.claims.others(grant.meta().uid.as_deref(), &assessment.relevant_names(&previous));
     let precedence = Precedence {
         created: grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         grant: key(grant),
     };
-    let decision = decide::decide(&Inputs {
-        spec: &grant.spec,
-        previous: &previous,
-        enforce: validated.management_policy == ManagementPolicy::Enforce,
-        principal: principal.as_ref(),
-        roles: &roles,
-        verdicts: &verdicts,
-        desired: &desired,
-        observed: &observed,
-        unreadable: &unreadable,
-        others: &others,
-        precedence: &precedence,
-    });
+    let enforce = validated.management_policy == ManagementPolicy::Enforce;
+    let decision = decide::decide(&assessment.inputs(&grant.spec, &previous, enforce, &others, &precedence));
 
     let mut previous = previous;
     let read_at = match &decision.intent {
@@ -266,58 +239,6 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let retry = report.retry;
     persist(grant, read_at, ctx, report, &previous).await?;
     Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)))
-}
-
-/// Each entry's role, at its scope (not for entries the pre-gate denied, nor without a
-/// principal).
-pub async fn resolve_roles(
-    resolver: &super::resolve::Resolver,
-    arm: &ArmClient,
-    validated: &ValidatedGrant,
-    have_principal: bool,
-    prejudged: &[Option<(Reason, String)>],
-) -> Vec<RoleLookup> {
-    let mut roles = Vec::with_capacity(validated.role_assignments.len());
-    for (index, ra) in validated.role_assignments.iter().enumerate() {
-        if !have_principal || prejudged.get(index).is_some_and(Option::is_some) {
-            roles.push(RoleLookup::NotAsked);
-            continue;
-        }
-        roles.push(match resolver.role(arm, &ra.role, &ra.scope).await {
-            Ok(role) => RoleLookup::Resolved(role),
-            Err(e) => RoleLookup::Failed(e),
-        });
-    }
-    roles
-}
-
-/// The assignments at each desired scope: one (cached) list per distinct scope; scopes that
-/// cannot be listed are returned with why.
-pub async fn observe(
-    scope_cache: &super::resolve::ScopeAssignments,
-    concurrency: &super::concurrency::Concurrency,
-    arm: &ArmClient,
-    desired: &[super::plan::DesiredAssignment],
-) -> (Vec<ObservedAssignment>, HashMap<String, ArmError>) {
-    let mut observed = Vec::new();
-    let mut unreadable = HashMap::new();
-    let mut scopes: Vec<&crate::azure::ResourceId> = Vec::new();
-    for d in desired {
-        if !scopes.iter().any(|s| **s == d.scope) {
-            scopes.push(&d.scope);
-        }
-    }
-    scopes.sort_by_key(|s| s.normalized());
-    for scope in scopes {
-        let _permit = concurrency.arm_permit(scope).await;
-        match scope_cache.list(arm, scope).await {
-            Ok(list) => observed.extend(list.iter().filter_map(ObservedAssignment::from_arm)),
-            Err(e) => {
-                unreadable.insert(scope.normalized(), e);
-            }
-        }
-    }
-    (observed, unreadable)
 }
 
 /// Records the assignments about to be created (`creatingAssignments`) before creating them,

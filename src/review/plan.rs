@@ -1,5 +1,5 @@
 //! `plan`: what `Enforce` would do for the grants in some files, for pull-request checks. The
-//! same steps as a reconcile (`controller/reconcile.rs`), read-only: validate, judge with the
+//! same steps as a reconcile (`controller/assess.rs`, shared with it), read-only: validate, judge with the
 //! policies (the files' and, with `--kubeconfig`, the cluster's), resolve the identity and
 //! roles, list the scopes, and [`decide`](crate::controller::decide::decide) with the live
 //! grant's status (when the cluster has it) — then report the decision instead of executing it.
@@ -13,11 +13,11 @@ use super::manifests::{FileGrant, namespace_labels};
 use crate::api::validation::validate_grant_spec;
 use crate::api::{AssignmentState, DatabricksIdentityGrant, DatabricksIdentityGrantStatus, GrantPolicy, Reason};
 use crate::azure::ArmClient;
+use crate::controller::assess::{Caches, assess};
 use crate::controller::claims::{ClaimIndex, RelistTracker};
 use crate::controller::concurrency::Concurrency;
-use crate::controller::decide::{self, Decision, Inputs};
+use crate::controller::decide::{self, Decision};
 use crate::controller::plan::{ObservedAssignment, Precedence, Step};
-use crate::controller::reconcile::{observe, resolve_roles};
 use crate::controller::resolve::{Resolver, ScopeAssignments};
 use crate::policy::evaluate::{Governing, PolicyMode};
 
@@ -199,7 +199,8 @@ pub async fn plan(arm: &ArmClient, inputs: PlanInputs<'_>) -> PlanReport {
     for file_grant in inputs.grants {
         let key = crate::controller::grant_key(&file_grant.grant);
         let live = inputs.live.iter().find(|g| crate::controller::grant_key(g) == key);
-        let planned = plan_grant(arm, &resolver, &scopes, &concurrency, &claims, &inputs, file_grant, live).await;
+        let caches = Caches { resolver: &resolver, scopes: &scopes, concurrency: &concurrency };
+        let planned = plan_grant(arm, caches, &claims, &inputs, file_grant, live).await;
         for e in &planned.entries {
             let s = &mut report.summary;
             match e.change {
@@ -217,12 +218,9 @@ pub async fn plan(arm: &ArmClient, inputs: PlanInputs<'_>) -> PlanReport {
     report
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn plan_grant(
     arm: &ArmClient,
-    resolver: &Resolver,
-    scope_cache: &ScopeAssignments,
-    concurrency: &Concurrency,
+    caches: Caches<'_>,
     claims: &ClaimIndex,
     inputs: &PlanInputs<'_>,
     file_grant: &FileGrant,
@@ -263,26 +261,15 @@ async fn plan_grant(
     let labels = namespace_labels(inputs.namespaces.get(&namespace), &namespace);
     let policies = crate::controller::index::governing(inputs.policies.iter(), &labels);
     let governing: Vec<Governing<'_>> = policies.iter().map(|(name, policy)| Governing { name, policy }).collect();
-    let identity_id = decide::policy_identity(&validated.identity);
-    let prejudged = decide::prejudge(&governing, inputs.policy_mode, &identity_id, &validated);
-    let principal = if prejudged.iter().all(Option::is_some) {
-        None
-    } else {
-        match resolver.principal(arm, &validated.identity).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                all_error(&mut out, e.reason, e.message);
-                return out;
-            }
+    let assessment = match assess(caches, arm, &governing, inputs.policy_mode, &validated).await {
+        Ok(assessment) => assessment,
+        Err(e) => {
+            all_error(&mut out, e.reason, e.message);
+            return out;
         }
     };
-    out.principal_id = principal.as_ref().map(|p| p.principal_id.clone());
-    let roles = resolve_roles(resolver, arm, &validated, principal.is_some(), &prejudged).await;
-    let verdicts = decide::judge(&governing, inputs.policy_mode, &validated, &identity_id, &roles, prejudged);
-    let desired = decide::desired_assignments(&validated, principal.as_ref(), &roles, &verdicts);
-    let (observed, unreadable) = observe(scope_cache, concurrency, arm, &desired).await;
-    let others = claims
-        .others(live.and_then(|g| g.metadata.uid.as_deref()), &decide::relevant_names(&desired, &previous, &observed));
+    out.principal_id = assessment.principal.as_ref().map(|p| p.principal_id.clone());
+    let others = claims.others(live.and_then(|g| g.metadata.uid.as_deref()), &assessment.relevant_names(&previous));
     let precedence = Precedence {
         created: live
             .and_then(|g| g.metadata.creation_timestamp.as_ref())
@@ -291,20 +278,8 @@ async fn plan_grant(
             .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().to_string()),
         grant: out.grant.clone(),
     };
-    let decision = decide::decide(&Inputs {
-        spec: &grant.spec,
-        previous: &previous,
-        enforce: true,
-        principal: principal.as_ref(),
-        roles: &roles,
-        verdicts: &verdicts,
-        desired: &desired,
-        observed: &observed,
-        unreadable: &unreadable,
-        others: &others,
-        precedence: &precedence,
-    });
-    out.entries = entries_of(grant, &previous, &decision, &observed);
+    let decision = decide::decide(&assessment.inputs(&grant.spec, &previous, true, &others, &precedence));
+    out.entries = entries_of(grant, &previous, &decision, &assessment.observed);
     out.notes.extend(decision.notes.iter().map(|(i, note)| format!("{}: {note}", subject(*i))));
     out
 }
