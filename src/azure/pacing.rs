@@ -9,10 +9,18 @@
 //! the requests drawn meanwhile), and a 429's `Retry-After` holds every request of that bucket,
 //! not only the one that got it.
 //!
+//! Behind ARM, resource providers throttle on their own, and differently: a fixed window, no
+//! header counting down to it, and a 429 `ResourceRequestsThrottled` whose message names the
+//! limit and the window ("… exceeded the limit of '120' for time interval '00:01:00' …",
+//! Microsoft.Authorization in Azure/alzlib#168). The first such 429 teaches the pacer the
+//! provider's window ([`parse_provider_limit`]); from then on requests to that provider (per
+//! subscription) go at most [`PROVIDER_SHARE`] of the limit per window, counted over a sliding
+//! window (plus a small margin for latency), so no fixed window of the provider's sees more.
+//!
 //! [`PaceBook`] holds the decisions and is pure (time is passed in) so it is unit-tested without
 //! a server; [`PacingPolicy`] plugs it into azure_core's pipeline as a per-try policy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +80,70 @@ pub fn bucket_key(method: &str, path: &str) -> BucketKey {
         }
     };
     (subscription, BucketClass::of_method(method))
+}
+
+/// A resource provider, per subscription: (subscription or `tenant`, provider namespace), lower case.
+pub type ProviderKey = (String, String);
+
+/// The provider a request to `path` is served by: the namespace after the last `/providers/`
+/// (`…/storageAccounts/x/providers/Microsoft.Authorization/roleAssignments/n` is
+/// Microsoft.Authorization's). `None` for paths with no provider (e.g. `/subscriptions`).
+pub fn provider_key(path: &str) -> Option<ProviderKey> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segments.iter().rposition(|s| s.eq_ignore_ascii_case("providers"))?;
+    let provider = segments.get(at + 1)?.to_ascii_lowercase();
+    Some((bucket_key("GET", path).0, provider))
+}
+
+/// A provider's limit, as its 429 stated it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderWindow {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+/// ARM's code for a resource provider's own throttling.
+pub const PROVIDER_THROTTLED: &str = "ResourceRequestsThrottled";
+
+/// Reads the limit and window out of a `ResourceRequestsThrottled` message: "Number of requests
+/// for X exceeded the limit of '120' for time interval '00:01:00'. …". `None` when it does not
+/// say (or says nonsense: a zero limit or window, a window past a day).
+pub fn parse_provider_limit(message: &str) -> Option<ProviderWindow> {
+    let quoted_after = |marker: &str| {
+        let start = message.find(marker)? + marker.len();
+        let rest = &message[start..];
+        Some(&rest[..rest.find('\'')?])
+    };
+    let limit: u32 = quoted_after("limit of '")?.trim().parse().ok().filter(|l| *l > 0)?;
+    let interval = quoted_after("time interval '")?;
+    let mut seconds = 0u64;
+    for part in interval.trim().split(':') {
+        seconds = seconds.checked_mul(60)?.checked_add(part.parse::<u64>().ok()?)?;
+    }
+    (seconds > 0 && seconds <= 86_400).then(|| ProviderWindow { limit, window: Duration::from_secs(seconds) })
+}
+
+/// Share of a provider's stated limit the pacer uses: room for requests already on their way
+/// when the limit was learned.
+pub const PROVIDER_SHARE: f64 = 0.95;
+
+/// Extra wait past a full window before its oldest send's slot is reused: the provider counts
+/// arrivals in windows of its own clock, and a request sent on the boundary may arrive early
+/// relative to it (latency varies). A fiftieth of the window, between 50 ms and 1 s.
+fn provider_margin(window: Duration) -> Duration {
+    (window / 50).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+/// How long sends to a provider are remembered before its window is known.
+const PROVIDER_MEMORY: Duration = Duration::from_secs(600);
+
+/// What the pacer knows about one provider.
+#[derive(Debug, Default)]
+struct ProviderState {
+    learned: Option<ProviderWindow>,
+    /// Send times (reserved slots), oldest first.
+    sent: VecDeque<Instant>,
+    /// Nothing is sent before this (a 429's Retry-After).
+    blocked_until: Option<Instant>,
 }
 
 /// Below this many estimated tokens the bucket is paced; above it requests go at once.
@@ -154,6 +226,7 @@ pub struct PaceBook {
     buckets: HashMap<BucketKey, BucketState>,
     /// Buckets nothing is known of yet, whose first request is on its way (since when).
     probes: HashMap<BucketKey, Instant>,
+    providers: HashMap<ProviderKey, ProviderState>,
 }
 
 /// How often a request waiting for a bucket's first answer asks again.
@@ -288,6 +361,57 @@ impl PaceBook {
         state.at = now;
     }
 
+    /// Reserves a send slot with the request's provider and says how long to wait for it: none
+    /// until the provider's limit is known, then at most [`PROVIDER_SHARE`] of it in any span
+    /// of its window. Slots are handed out in order of asking.
+    pub fn ask_provider(&mut self, key: &ProviderKey, now: Instant) -> Duration {
+        let state = self.providers.entry(key.clone()).or_default();
+        let horizon = state.learned.map_or(PROVIDER_MEMORY, |l| l.window);
+        while state.sent.front().is_some_and(|t| now.saturating_duration_since(*t) >= horizon) {
+            state.sent.pop_front();
+        }
+        let mut slot = state.blocked_until.filter(|b| *b > now).unwrap_or(now);
+        if let Some(last) = state.sent.back() {
+            slot = slot.max(*last);
+        }
+        if let Some(learned) = state.learned {
+            let cap = ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1);
+            if state.sent.len() >= cap {
+                let reusable = state.sent[state.sent.len() - cap] + learned.window + provider_margin(learned.window);
+                slot = slot.max(reusable);
+            }
+        }
+        state.sent.push_back(slot);
+        slot.saturating_duration_since(now)
+    }
+
+    /// How much longer a provider's 429 holds its requests, if it does.
+    pub fn provider_held(&self, key: &ProviderKey, now: Instant) -> Option<Duration> {
+        self.providers.get(key)?.blocked_until.filter(|until| *until > now).map(|until| until - now)
+    }
+
+    /// A provider answered 429 `ResourceRequestsThrottled`: hold its requests for `retry_after`
+    /// and, when the message stated it, keep to its limit from now on.
+    pub fn provider_throttled(
+        &mut self,
+        key: &ProviderKey,
+        now: Instant,
+        stated: Option<ProviderWindow>,
+        retry_after: Duration,
+    ) {
+        let state = self.providers.entry(key.clone()).or_default();
+        if stated.is_some() {
+            state.learned = stated;
+        }
+        let until = now + retry_after.min(MAX_RETRY_AFTER);
+        state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
+    }
+
+    /// The provider's limit as learned, if any.
+    pub fn provider_limit(&self, key: &ProviderKey) -> Option<ProviderWindow> {
+        self.providers.get(key).and_then(|p| p.learned)
+    }
+
     /// A bucket's first request ended without a response: the next request probes instead.
     pub fn forget_probe(&mut self, key: &BucketKey) {
         self.probes.remove(key);
@@ -337,6 +461,7 @@ impl PacingPolicy {
 impl Policy for PacingPolicy {
     async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let key = bucket_key(request.method().as_ref(), request.url().path());
+        let provider = provider_key(request.url().path());
         let Some((first, rest)) = next.split_first() else {
             return Err(azure_core::Error::with_message(
                 azure_core::error::ErrorKind::Other,
@@ -372,22 +497,70 @@ impl Policy for PacingPolicy {
                 tokio::time::sleep(slot).await;
             }
         }
+        // The provider's own limit, once a 429 has stated it.
+        if let Some(provider) = &provider {
+            loop {
+                let wait = self.book().ask_provider(provider, Instant::now());
+                if !wait.is_zero() {
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
+                let held = self.book().provider_held(provider, Instant::now());
+                let Some(hold) = held else { break };
+                waited = true;
+                tokio::time::sleep(hold).await;
+            }
+        }
         if waited && let Some(observer) = &self.observer {
             observer.held(key.1, asked.elapsed());
         }
         let result = first.send(ctx, request, rest).await;
-        match &result {
-            Ok(response) => {
-                let header = |name: &'static str| response.headers().get_optional_str(&name.into()).map(str::to_owned);
-                let remaining = header(key.1.header()).as_deref().and_then(parse_remaining);
-                let status = u16::from(response.status());
-                let throttled = (status == 429).then(|| parse_retry_after(header("retry-after").as_deref()));
-                self.book().observe(&key, Instant::now(), remaining, throttled, counted);
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                if counted {
+                    self.book().abandon(&key);
+                } else {
+                    self.book().forget_probe(&key);
+                }
+                return Err(e);
             }
-            Err(_) if counted => self.book().abandon(&key),
-            Err(_) => self.book().forget_probe(&key),
+        };
+        let (remaining, retry_after) = {
+            let header = |name: &'static str| response.headers().get_optional_str(&name.into()).map(str::to_owned);
+            (
+                header(key.1.header()).as_deref().and_then(parse_remaining),
+                parse_retry_after(header("retry-after").as_deref()),
+            )
+        };
+        if u16::from(response.status()) != 429 {
+            self.book().observe(&key, Instant::now(), remaining, None, counted);
+            return Ok(response);
         }
-        result
+        // A 429: ARM's bucket, or the provider behind it (its body says which).
+        let (status, headers, body) = response.deconstruct();
+        let bytes = match body.collect().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.book().observe(&key, Instant::now(), remaining, Some(retry_after), counted);
+                return Err(e);
+            }
+        };
+        let error = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        let code = error.as_ref().and_then(|e| e.pointer("/error/code")).and_then(serde_json::Value::as_str);
+        match (code, &provider) {
+            (Some(PROVIDER_THROTTLED), Some(provider)) => {
+                let message =
+                    error.as_ref().and_then(|e| e.pointer("/error/message")).and_then(serde_json::Value::as_str);
+                let stated = message.and_then(parse_provider_limit);
+                let mut book = self.book();
+                // ARM let it through: its bucket is not empty.
+                book.observe(&key, Instant::now(), remaining, None, counted);
+                book.provider_throttled(provider, Instant::now(), stated, retry_after);
+            }
+            _ => self.book().observe(&key, Instant::now(), remaining, Some(retry_after), counted),
+        }
+        Ok(azure_core::http::AsyncRawResponse::from_bytes(status, headers, bytes))
     }
 }
 
@@ -544,6 +717,68 @@ mod tests {
             book.observe(&key(), later, Some(40.0), None, true);
         }
         assert_eq!(book.ask(&key(), later), Pace::Go);
+    }
+
+    #[test]
+    fn a_providers_limit_is_read_from_its_429() {
+        let stated = parse_provider_limit(
+            "Number of requests for Microsoft.Authorization exceeded the limit of '120' for time interval '00:01:00'. Please try again after '5' seconds.",
+        );
+        assert_eq!(stated, Some(ProviderWindow { limit: 120, window: Duration::from_secs(60) }));
+        // The per-action form (Azure/azqr#34).
+        let action = parse_provider_limit(
+            "Number of requests for action 'Microsoft.Cdn/profiles/read' exceeded the limit of '50' for time interval '00:05:00'. Please try again after '372' seconds.",
+        );
+        assert_eq!(action, Some(ProviderWindow { limit: 50, window: Duration::from_secs(300) }));
+        for junk in [
+            "",
+            "The request is being throttled.",
+            "exceeded the limit of '0' for time interval '00:01:00'",
+            "exceeded the limit of '10' for time interval '00:00:00'",
+            "exceeded the limit of '-3' for time interval '00:01:00'",
+            "exceeded the limit of '10' for time interval '99:99:99:99'",
+            "exceeded the limit of '10' for time interval 'soon'",
+        ] {
+            assert_eq!(parse_provider_limit(junk), None, "{junk:?}");
+        }
+        assert_eq!(
+            provider_key(
+                "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st/providers/Microsoft.Authorization/roleAssignments/n"
+            ),
+            Some(("s".into(), "microsoft.authorization".into()))
+        );
+        assert_eq!(provider_key("/subscriptions/s"), None);
+    }
+
+    #[test]
+    fn a_learned_provider_window_is_kept_below_its_limit() {
+        let mut book = PaceBook::default();
+        let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let t0 = Instant::now();
+        // Unknown: nothing waits.
+        for _ in 0..5 {
+            assert_eq!(book.ask_provider(&key, t0), Duration::ZERO);
+        }
+        // The provider says 10 per 60 s and to come back in 5 s.
+        let window = Duration::from_secs(60);
+        book.provider_throttled(&key, t0, Some(ProviderWindow { limit: 10, window }), Duration::from_secs(5));
+        assert_eq!(book.provider_held(&key, t0 + Duration::from_secs(1)), Some(Duration::from_secs(4)));
+        // 9 (95% of 10, rounded down) per window, counting the 5 already sent.
+        let asked = t0 + Duration::from_secs(5);
+        let slots: Vec<Instant> = (0..30).map(|_| asked + book.ask_provider(&key, asked)).collect();
+        let mut all: Vec<Instant> = vec![t0; 5];
+        all.extend(&slots);
+        for (i, start) in all.iter().enumerate() {
+            let within = all[i..].iter().filter(|t| t.saturating_duration_since(*start) < window).count();
+            assert!(within <= 9, "{within} requests within a window from slot {i}");
+        }
+        assert!(slots.windows(2).all(|w| w[1] >= w[0]), "slots in order of asking");
+        // 35 requests at 9 per minute: the last goes in the fourth minute, not sooner.
+        let last = slots.last().expect("slots").saturating_duration_since(t0);
+        assert!(last >= Duration::from_secs(180) && last < Duration::from_secs(241), "{last:?}");
+        // Other providers and subscriptions are not held.
+        assert_eq!(book.ask_provider(&("s".into(), "microsoft.databricks".into()), asked), Duration::ZERO);
+        assert_eq!(book.ask_provider(&("t".into(), "microsoft.authorization".into()), asked), Duration::ZERO);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ThrottleConfig};
+use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ProviderLimit, ThrottleConfig};
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
 use serde_json::json;
@@ -61,6 +61,7 @@ async fn throttling_storm_is_paced() {
         reads: Bucket { burst: 5.0, per_second: 5.0 },
         writes: Bucket { burst: 2.0, per_second: 2.0 },
         deletes: Bucket { burst: 2.0, per_second: 2.0 },
+        providers: Vec::new(),
     });
     let names = apply_grants(&h, "storm").await;
     let started = std::time::Instant::now();
@@ -90,6 +91,48 @@ async fn throttling_storm_is_paced() {
     h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
     h.assert_invariant(&[]).await;
     h.stop().await;
+}
+
+/// A resource provider's own limit (Microsoft.Authorization, fixed window, no header warning of
+/// it): the first 429 states the limit, the pacer keeps to it, and a second wave of grants
+/// converges without one more 429.
+#[tokio::test]
+async fn a_providers_window_is_learned_from_its_429_and_kept() {
+    let _scenario = crate::common::scenario("Faults: ARM", "provider limit (fixed window): learned from one 429, kept");
+    let h = harness(StateConfig::default()).await;
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig {
+        providers: vec![ProviderLimit { limit: 6, window_seconds: 4, ..ProviderLimit::authorization() }],
+        ..ThrottleConfig::default()
+    });
+    let throttled = |h: &Harness| -> u64 {
+        h.sandbox.arm.emulator.stats().iter().filter(|((_, status), _)| *status == 429).map(|(_, n)| n).sum()
+    };
+    let first = apply_grants(&h, "provider").await;
+    all_ready_within(&h, &first, Duration::from_secs(60)).await;
+    let learning = throttled(&h);
+    assert!(learning >= 1, "the limit was never reached: the test proves nothing");
+    assert!(learning <= 6, "{learning} 429s before the limit was kept");
+    let second = apply_grants(&h, "second").await;
+    all_ready_within(&h, &second, Duration::from_secs(60)).await;
+    let total: u64 = h.sandbox.arm.emulator.stats().values().sum();
+    println!(
+        "provider limit: {learning} 429s while learning, {} after; {total} ARM requests",
+        throttled(&h) - learning
+    );
+    assert_eq!(throttled(&h), learning, "429s after the provider's window was learned");
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+async fn all_ready_within(h: &Harness, names: &[String], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    for name in names {
+        while !h.grants.get(name).await.is_ok_and(|g| is_ready(&g)) {
+            assert!(tokio::time::Instant::now() < deadline, "{name} not Ready within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// The token endpoint down, then back.

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 pub use state::{ArmState, ResourceKind, StateConfig};
 use throttle::Throttle;
-pub use throttle::ThrottleConfig;
+pub use throttle::{ProviderLimit, ProviderScope, ThrottleConfig};
 use tokens::{App, TokenIssuer};
 
 /// Injected faults, changeable at runtime (`PUT /_emulator/faults`).

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::api_versions::Versioned;
 use super::state::{ArmFailure, AssignmentFilter};
-use super::throttle::{Draw, RequestClass, ThrottleConfig};
+use super::throttle::{Draw, ProviderThrottled, RequestClass, ThrottleConfig};
 use super::{Emulator, FaultConfig, HostileResponse, lock};
 use crate::azure::resource_id::ResourceId;
 
@@ -211,6 +211,21 @@ impl ArmOperation {
             ArmOperation::ListResources(_, ListedType::Workspaces) => "ListWorkspaces",
             ArmOperation::ListResources(_, ListedType::AccessConnectors) => "ListAccessConnectors",
             ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => "ListUserAssignedIdentities",
+        }
+    }
+
+    /// The resource provider that serves the request (behind ARM), for its own limits.
+    fn provider(&self) -> Option<&'static str> {
+        match self {
+            ArmOperation::ListSubscriptions => None,
+            ArmOperation::GetWorkspace(_)
+            | ArmOperation::GetAccessConnector(_)
+            | ArmOperation::ListResources(_, ListedType::Workspaces | ListedType::AccessConnectors) => {
+                Some("Microsoft.Databricks")
+            }
+            ArmOperation::GetUserAssignedIdentity(_)
+            | ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => Some("Microsoft.ManagedIdentity"),
+            _ => Some("Microsoft.Authorization"),
         }
     }
 
@@ -417,6 +432,17 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
             return respond(429, response);
         }
     };
+    // ARM routed it: the resource provider's own limit, if it has one (no remaining count warns
+    // of it; the 429 names the limit and the window).
+    let provider_refusal = operation
+        .provider()
+        .and_then(|provider| lock(&emulator.throttle).draw_provider(provider, &bucket_key, &claims.oid).err());
+    if let Some(refused) = provider_refusal {
+        let mut response = failure(&ArmFailure::new(429, ProviderThrottled::CODE, refused.message()));
+        response.headers_mut().insert("retry-after", HeaderValue::from(refused.retry_after.as_secs()));
+        response.headers_mut().insert(class.header(), HeaderValue::from(remaining));
+        return respond(429, response);
+    }
     if fail {
         return respond(
             500,
