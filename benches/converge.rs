@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use dbx_identity_operator::sandbox::arm::{FaultConfig, ThrottleConfig};
+use dbx_identity_operator::sandbox::arm::{FaultConfig, ProviderLimit, ThrottleConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
 use dbx_identity_operator::sandbox::workload::{
     self, GrantPlan, ScopeKind, ready_for_current_generation, roles_for, stored_grants,
@@ -29,6 +29,9 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use serde::Serialize;
 use serde_json::{Value, json};
+
+#[path = "converge/peers.rs"]
+mod peers;
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
 
@@ -47,6 +50,11 @@ struct Options {
     /// Turns ARM throttling off.
     #[arg(long)]
     no_throttling: bool,
+    /// A second throttling profile: Microsoft.Authorization's own limit behind ARM, as
+    /// `LIMIT/SECONDS` (Azure/alzlib#168 saw `120/60`), a fixed window answered with 429
+    /// `ResourceRequestsThrottled` and no header warning of it (scaled by `--throttle-scale`).
+    #[arg(long, value_name = "LIMIT/SECONDS", value_parser = parse_provider_limit)]
+    provider_limit: Option<(u32, u64)>,
     /// ARM emulator latency per request.
     #[arg(long, default_value_t = 40)]
     latency_ms: u64,
@@ -75,9 +83,25 @@ struct Options {
     /// feature); e.g. the image's build, `--no-default-features --features jemalloc`.
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Also run the peers on the same estate and throttling (a scripted CLI loop, a blind-PUT
+    /// controller), each on a fresh sandbox, and print them next to the operator.
+    #[arg(long)]
+    peers: bool,
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+fn parse_provider_limit(text: &str) -> Result<(u32, u64), String> {
+    let (limit, seconds) =
+        text.split_once('/').ok_or_else(|| format!("'{text}': expected LIMIT/SECONDS, e.g. 120/60"))?;
+    let limit: u32 = limit.trim().parse().map_err(|_| format!("'{limit}' is not a request count"))?;
+    let seconds: u64 =
+        seconds.trim().trim_end_matches('s').parse().map_err(|_| format!("'{seconds}' is not seconds"))?;
+    if limit == 0 || seconds == 0 {
+        return Err("the limit and the window must be above zero".into());
+    }
+    Ok((limit, seconds))
 }
 
 // ---------- measurement helpers ----------
@@ -215,11 +239,18 @@ struct Row {
     final_rss_bytes: u64,
     bytes_per_grant: f64,
     cpu_seconds: f64,
+    /// SIGTERM and a new process: until every grant was reconciled once.
+    restart_seconds: f64,
+    restart_requests: Requests,
+    restart_kube_writes: usize,
+    /// Scopes + identity GETs + distinct (role, scope): what a restart should read at most.
+    restart_read_bound: usize,
 }
 
-/// The least time Azure's buckets allow: reads and writes beyond each burst at the refill rate
-/// (the larger of the two), plus one grant's chain of dependent requests.
-fn throttling_floor(throttle: &ThrottleConfig, reads: f64, writes: f64, latency: Duration) -> f64 {
+/// The least time Azure's limits allow: reads and writes beyond each burst at the refill rate,
+/// and Microsoft.Authorization's requests beyond its first window at one window per `limit`
+/// (the largest of these), plus one grant's chain of dependent requests.
+fn throttling_floor(throttle: &ThrottleConfig, reads: f64, writes: f64, authorization: f64, latency: Duration) -> f64 {
     let chain = 4.0 * latency.as_secs_f64();
     if !throttle.enabled {
         return chain;
@@ -227,7 +258,13 @@ fn throttling_floor(throttle: &ThrottleConfig, reads: f64, writes: f64, latency:
     let beyond = |n: f64, b: dbx_identity_operator::sandbox::arm::throttle::Bucket| {
         if b.per_second > 0.0 { ((n - b.burst).max(0.0)) / b.per_second } else { 0.0 }
     };
-    beyond(reads, throttle.reads).max(beyond(writes, throttle.writes)) + chain
+    let provider = throttle
+        .providers
+        .iter()
+        .filter(|p| p.provider.eq_ignore_ascii_case("Microsoft.Authorization"))
+        .map(|p| ((authorization - f64::from(p.limit)).max(0.0) / f64::from(p.limit)).ceil() * p.window_seconds as f64)
+        .fold(0.0, f64::max);
+    beyond(reads, throttle.reads).max(beyond(writes, throttle.writes)).max(provider) + chain
 }
 
 struct Operator {
@@ -236,6 +273,11 @@ struct Operator {
 
 impl Operator {
     fn start(sandbox: &Sandbox, options: &Options, log: &Path) -> Result<Self, String> {
+        Self::start_on(sandbox, options, log, 0)
+    }
+
+    /// With `/metrics` on `metrics_port` (0: any).
+    fn start_on(sandbox: &Sandbox, options: &Options, log: &Path, metrics_port: u16) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let binary = options.operator.as_deref().unwrap_or(Path::new(OPERATOR));
         let mut command = match &options.wrap {
@@ -248,7 +290,9 @@ impl Operator {
             None => Command::new(binary),
         };
         let child = command
-            .args(["run", "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["run", "--health-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--resync-interval")
             .arg(format!("{}ms", options.resync_interval.as_millis()))
             .envs(sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -289,18 +333,44 @@ impl Drop for Operator {
     }
 }
 
-async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut sandbox_options = SandboxOptions::new(dir.path().to_owned());
+/// The sandbox every run starts from: the options' latency and throttling.
+async fn start_sandbox(options: &Options, dir: &Path) -> Result<(Sandbox, ThrottleConfig), String> {
+    let mut sandbox_options = SandboxOptions::new(dir.to_owned());
     sandbox_options.arm_faults =
         FaultConfig { latency_ms: options.latency_ms, jitter_ms: options.jitter_ms, ..FaultConfig::default() };
     let throttle = if options.no_throttling {
         ThrottleConfig { enabled: false, ..ThrottleConfig::default() }
     } else {
-        ThrottleConfig::default().scaled(options.throttle_scale)
+        let providers = options
+            .provider_limit
+            .map(|(limit, window_seconds)| ProviderLimit { limit, window_seconds, ..ProviderLimit::authorization() })
+            .into_iter()
+            .collect();
+        ThrottleConfig { providers, ..ThrottleConfig::default() }.scaled(options.throttle_scale)
     };
     sandbox_options.throttling = throttle.clone();
     let sandbox = sandbox::start(sandbox_options).await.map_err(|e| e.to_string())?;
+    Ok((sandbox, throttle))
+}
+
+/// Runs the peers on fresh sandboxes with the same estate (seed) as the operator's run.
+async fn run_peers(n: usize, options: &Options) -> Result<Vec<peers::PeerRow>, String> {
+    let mut rows = Vec::new();
+    for peer in [peers::Peer::Script, peers::Peer::BlindPut] {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (sandbox, _) = start_sandbox(options, dir.path()).await?;
+        let scopes = options.scopes.unwrap_or((n / 10).max(1));
+        let workload = workload::build(&sandbox, n, scopes, options.seed);
+        let row = peers::run(peer, &sandbox, &workload, options.resync_interval, options.phase_timeout).await;
+        sandbox.shutdown().await;
+        rows.push(row?);
+    }
+    Ok(rows)
+}
+
+async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (sandbox, throttle) = start_sandbox(options, dir.path()).await?;
     let scopes = options.scopes.unwrap_or((n / 10).max(1));
     let workload = workload::build(&sandbox, n, scopes, options.seed);
     let client = sandbox.kube.emulator.client().map_err(|e| e.to_string())?;
@@ -357,7 +427,10 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         .iter()
         .map(|(subscription, (writes, scopes))| {
             let extra = if *subscription == home { workload.identities + workload.role_names.len() } else { 0 };
-            throttling_floor(&throttle, (scopes + extra) as f64, *writes as f64, latency)
+            let roles = if *subscription == home { workload.role_names.len() } else { 0 };
+            // Microsoft.Authorization serves the scope lists, the role lookups and the writes.
+            let authorization = (scopes + roles + writes) as f64;
+            throttling_floor(&throttle, (scopes + extra) as f64, *writes as f64, authorization, latency)
         })
         .fold(0.0, f64::max);
 
@@ -432,7 +505,35 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     // 5. Resources for the whole run.
     operator.check_alive()?;
     let (peak_rss, final_rss, cpu) = operator.usage();
+
+    // 6. Restart: SIGTERM, then a new process, until it has reconciled every grant once.
     drop(operator);
+    let stats5 = sandbox.arm.emulator.stats();
+    let kube5 = kube_log_len(&sandbox);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))?;
+    let mut restarted =
+        Operator::start_on(&sandbox, options, &options.out.join(format!("operator-{n}-restart.log")), metrics_port)?;
+    let restart_started = Instant::now();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    loop {
+        if reconciled(&metrics_url).await >= n as f64 {
+            break;
+        }
+        restarted.check_alive()?;
+        if restart_started.elapsed() > options.phase_timeout {
+            return Err(format!("restart: fewer than {n} reconciles after {:?}", options.phase_timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restart_seconds = restart_started.elapsed().as_secs_f64();
+    // Let the last reconciles' writes (if any) land before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restart_requests = requests_between(&stats5, &sandbox.arm.emulator.stats());
+    let restart_kube_writes = kube_writes_since(&sandbox, kube5, 0);
+    drop(restarted);
     sandbox.shutdown().await;
     Ok(Row {
         grants: n,
@@ -458,7 +559,36 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         final_rss_bytes: final_rss,
         bytes_per_grant: peak_rss as f64 / n as f64,
         cpu_seconds: cpu,
+        restart_seconds,
+        restart_requests,
+        restart_kube_writes,
+        restart_read_bound: restart_read_bound(&workload),
     })
+}
+
+/// Reads a restart needs at most: each scope listed once, each identity resolved once (a
+/// workspace's managed identity is two GETs, a connector one) and each (role, scope) looked up
+/// once.
+fn restart_read_bound(workload: &workload::Workload) -> usize {
+    let identities: std::collections::BTreeSet<String> =
+        workload.grants.iter().map(|g| g.identity.to_string()).collect();
+    let identity_reads: usize = identities.iter().map(|i| if i.contains("\"workspace\"") { 2 } else { 1 }).sum();
+    let role_scopes: std::collections::BTreeSet<(String, String)> = workload
+        .grants
+        .iter()
+        .flat_map(|g| g.assignments.iter().map(|(r, s)| (r.to_ascii_lowercase(), s.to_ascii_lowercase())))
+        .collect();
+    workload.scopes.len() + identity_reads + role_scopes.len()
+}
+
+/// `reconciles_total{result="ok"}` of a running operator (0 until it answers).
+async fn reconciled(url: &str) -> f64 {
+    let Ok(response) = reqwest::get(url).await else { return 0.0 };
+    let Ok(text) = response.text().await else { return 0.0 };
+    text.lines()
+        .filter(|l| l.starts_with("dbx_identity_operator_reconciles_total{") && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 // ---------- output ----------
@@ -469,8 +599,14 @@ fn mib(bytes: u64) -> f64 {
 
 fn table(rows: &[Row], options: &Options) -> String {
     let mut out = String::new();
-    let throttling =
-        if options.no_throttling { "off".to_owned() } else { format!("Azure's buckets × {}", options.throttle_scale) };
+    let throttling = match (options.no_throttling, options.provider_limit) {
+        (true, _) => "off".to_owned(),
+        (false, None) => format!("Azure's buckets × {}", options.throttle_scale),
+        (false, Some((limit, seconds))) => format!(
+            "Azure's buckets and Microsoft.Authorization's own limit of {limit} per {seconds} s (fixed window, no warning header), × {}",
+            options.throttle_scale
+        ),
+    };
     out.push_str(&format!(
         "ARM latency {} ± {} ms · throttling {throttling} · resync interval {:?}{}\n\n",
         options.latency_ms,
@@ -513,6 +649,19 @@ fn table(rows: &[Row], options: &Options) -> String {
             r.cpu_seconds,
         ));
     }
+    out.push_str("\nRestart (SIGTERM, a new process, until every grant was reconciled once):\n\n| N | time (s) | ARM reads (bound: scopes + identity GETs + distinct role at scope) | ARM writes | 429s | K8s writes |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {:.1} | {} ({}) | {} | {} | {} |\n",
+            r.grants,
+            r.restart_seconds,
+            r.restart_requests.reads,
+            r.restart_read_bound,
+            r.restart_requests.writes + r.restart_requests.deletes,
+            r.restart_requests.throttled,
+            r.restart_kube_writes,
+        ));
+    }
     out.push_str("\nARM requests by operation:\n\n| N | phase | requests |\n|---|---|---|\n");
     for r in rows {
         for (phase, req) in [
@@ -520,6 +669,7 @@ fn table(rows: &[Row], options: &Options) -> String {
             ("steady", &r.steady_requests),
             ("drift", &r.drift_requests),
             ("churn", &r.churn_requests),
+            ("restart", &r.restart_requests),
         ] {
             let ops: Vec<String> = req.by_operation.iter().map(|(op, n)| format!("{op} {n}")).collect();
             out.push_str(&format!("| {} | {phase} | {} |\n", r.grants, ops.join(", ")));
@@ -595,6 +745,7 @@ fn main() {
         }
     };
     let mut rows = Vec::new();
+    let mut peer_tables = String::new();
     for &n in &options.grants {
         eprintln!("converge: N = {n} …");
         match runtime.block_on(run_one(n, &options)) {
@@ -606,6 +757,16 @@ fn main() {
                     row.efficiency,
                     mib(row.peak_rss_bytes)
                 );
+                if options.peers {
+                    eprintln!("converge: N = {n}: peers …");
+                    match runtime.block_on(run_peers(n, &options)) {
+                        Ok(peer_rows) => peer_tables.push_str(&peers::table(n, &row, &peer_rows)),
+                        Err(e) => {
+                            eprintln!("converge: N = {n}: peers failed: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
                 rows.push(row);
             }
             Err(e) => {
@@ -614,12 +775,13 @@ fn main() {
             }
         }
     }
-    let report = table(&rows, &options);
+    let report = table(&rows, &options) + &peer_tables;
     println!("{report}");
     let write = || -> Result<(), String> {
         std::fs::create_dir_all(&options.out).map_err(|e| e.to_string())?;
         let json = serde_json::to_string_pretty(&json!({
             "options": {"grants": options.grants, "throttleScale": options.throttle_scale, "throttling": !options.no_throttling,
+                        "providerLimit": options.provider_limit.map(|(limit, seconds)| json!({"limit": limit, "windowSeconds": seconds})),
                         "latencyMs": options.latency_ms, "jitterMs": options.jitter_ms, "resyncIntervalSeconds": options.resync_interval.as_secs_f64()},
             "rows": rows,
         }))
