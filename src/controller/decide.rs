@@ -405,11 +405,14 @@ fn decide_policy(inputs: &Inputs<'_>, d: &mut Decision) {
 
 /// Write-ahead: the assignments about to be created are recorded before they are created, so
 /// an operator stopped between a PUT and its status update still knows what it made once the
-/// grant stops wanting it (kill loop, tests/integration/kill_loop.rs).
+/// grant stops wanting it (kill loop, tests/integration/kill_loop.rs). An assignment missing
+/// from its list that the grant already has on record (drift, or a list lagging behind a
+/// recent write) needs no record: it is on one.
 fn record_intent(inputs: &Inputs<'_>, steps: &[Step], d: &mut Decision) {
     let before = d.creating.len();
     for (desired, step) in inputs.desired.iter().zip(steps) {
-        if matches!(step, Step::Create { .. }) && !inputs.unreadable.contains_key(&desired.scope.normalized()) {
+        if matches!(step, Step::Create { drift: false }) && !inputs.unreadable.contains_key(&desired.scope.normalized())
+        {
             let id = RoleAssignmentId::new(desired.scope.clone(), desired.name.clone());
             d.creating.entry(id.key()).or_insert_with(|| id.to_string());
         }

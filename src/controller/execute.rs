@@ -3,7 +3,7 @@
 
 use super::Context;
 use super::decide::{Decision, Write};
-use super::plan::{ObservedAssignment, is_as_desired};
+use super::plan::{ObservedAssignment, Step, is_as_desired};
 use super::report::{Executed, RemovalOutcome, WriteOutcome};
 use crate::azure::models::RoleAssignmentProperties;
 use crate::azure::{ArmClient, ArmError, RoleAssignmentId};
@@ -39,7 +39,19 @@ async fn put(ctx: &Context, arm: &ArmClient, write: &Write) -> WriteOutcome {
         .cached(&d.scope, &d.name)
         .await
         .filter(|a| ObservedAssignment::from_arm(a).is_some_and(|o| is_as_desired(&o, d)));
-    let result = match written_meanwhile {
+    // On record but missing from the list: a GET (consistent, unlike lists) tells drift from a
+    // list lagging behind a recent write, which a restarted operator no longer remembers making.
+    let lagging = match (&written_meanwhile, &write.step) {
+        (None, Step::Create { drift: true }) => {
+            let _permit = ctx.concurrency.arm_permit(&d.scope).await;
+            arm.get_role_assignment(&d.scope, &d.name)
+                .await
+                .ok()
+                .filter(|a| ObservedAssignment::from_arm(a).is_some_and(|o| is_as_desired(&o, d)))
+        }
+        _ => None,
+    };
+    let result = match written_meanwhile.or(lagging) {
         Some(assignment) => Ok((assignment, false)),
         None => {
             let _permit = ctx.concurrency.arm_permit(&d.scope).await;

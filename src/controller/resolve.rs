@@ -81,6 +81,10 @@ pub struct Resolver {
     roles: Mutex<HashMap<String, Entry<Arc<ResolvedRole>>>>,
     /// One copy per role definition: the same built-in role resolved at 500 scopes shares it.
     definitions: Mutex<HashMap<String, std::sync::Weak<ResolvedRole>>>,
+    /// Lookups on their way, by cache key: grants asking for the same identity or role at once
+    /// wait for the one lookup instead of each reading Azure (a restart reconciles 16 grants at
+    /// a time, many sharing identities and roles).
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn get_fresh<T: Clone>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str, ttl: Duration) -> Option<T> {
@@ -94,7 +98,27 @@ fn put<T>(map: &Mutex<HashMap<String, Entry<T>>>, key: String, value: T) {
 
 impl Resolver {
     pub fn new(ttl: Duration) -> Self {
-        Resolver { ttl, identities: Mutex::default(), roles: Mutex::default(), definitions: Mutex::default() }
+        Resolver {
+            ttl,
+            identities: Mutex::default(),
+            roles: Mutex::default(),
+            definitions: Mutex::default(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// The gate of one lookup: held while it reads Azure.
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Drops a gate nobody else holds or waits for.
+    fn release(&self, key: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // This one and the map's: nobody else has it.
+        if Arc::strong_count(&gate) <= 2 {
+            in_flight.remove(key);
+        }
     }
 
     /// Forgets a cached identity, for every credential (e.g. after PrincipalNotFound for a
@@ -122,9 +146,18 @@ impl Resolver {
         if let Some(p) = get_fresh(&self.identities, &key, self.ttl) {
             return Ok(p);
         }
-        let principal = resolve_identity(arm, identity).await?;
-        put(&self.identities, key, principal.clone());
-        Ok(principal)
+        let gate = self.gate(&key);
+        let resolved = {
+            let _one_lookup = gate.lock().await;
+            match get_fresh(&self.identities, &key, self.ttl) {
+                Some(p) => Ok(p),
+                None => {
+                    resolve_identity(arm, identity).await.inspect(|p| put(&self.identities, key.clone(), p.clone()))
+                }
+            }
+        };
+        self.release(&key, gate);
+        resolved
     }
 
     pub async fn role(
@@ -146,9 +179,20 @@ impl Resolver {
         if let Some(r) = get_fresh(&self.roles, &key, self.ttl) {
             return Ok(r);
         }
-        let resolved = self.shared(resolve_role(arm, role, scope).await?);
-        put(&self.roles, key, resolved.clone());
-        Ok(resolved)
+        let gate = self.gate(&key);
+        let resolved = {
+            let _one_lookup = gate.lock().await;
+            match get_fresh(&self.roles, &key, self.ttl) {
+                Some(r) => Ok(r),
+                None => resolve_role(arm, role, scope).await.map(|r| {
+                    let r = self.shared(r);
+                    put(&self.roles, key.clone(), r.clone());
+                    r
+                }),
+            }
+        };
+        self.release(&key, gate);
+        resolved
     }
 
     /// The cached copy of an identical definition, or this one (then cached).

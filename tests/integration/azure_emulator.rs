@@ -711,3 +711,30 @@ async fn serves_the_api_versions_azure_tools_send() {
     let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("'2021-09-30-preview'") && message.contains("2024-11-30"), "{message}");
 }
+
+/// Grants sharing an identity and a role, reconciled at once (a restart runs 16 at a time),
+/// cost one lookup each, not one per grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_identity_or_role_read_azure_once() {
+    use dbx_identity_operator::api::validation::ValidatedIdentity;
+    use dbx_identity_operator::azure::RoleRef;
+    use dbx_identity_operator::controller::resolve::Resolver;
+    let f = fixture().await;
+    let arm = f.client();
+    let resolver = Resolver::new(Duration::from_secs(600));
+    let workspace = ResourceId::parse(&f.estate.workspaces[0].id).expect("id");
+    let identity = ValidatedIdentity::WorkspaceManagedIdentity { workspace };
+    let scope = ResourceId::parse(&f.estate.scopes.storage_account).expect("scope");
+    let reader = RoleRef::parse("Reader").expect("role");
+    f.arm.emulator.reset_stats();
+    let lookups = (0..16).map(|_| async {
+        let principal = resolver.principal(&arm, &identity).await.expect("principal");
+        let role = resolver.role(&arm, &reader, &scope).await.expect("role");
+        (principal.principal_id, role.role_name.clone())
+    });
+    let results = futures::future::join_all(lookups).await;
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+    assert_eq!(f.arm.emulator.count("GetWorkspace"), 1);
+    assert_eq!(f.arm.emulator.count("GetUserAssignedIdentity"), 1);
+    assert_eq!(f.arm.emulator.count("ListRoleDefinitions"), 1);
+}

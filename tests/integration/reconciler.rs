@@ -611,3 +611,29 @@ async fn a_namespace_deleted_with_its_credential_secret_does_not_hang() {
     assert_eq!(h.tuples().len(), before, "the assignment stays in Azure (no credential was left to remove it)");
     h.stop().await;
 }
+
+/// An operator restarted right after creating assignments finds ARM's lists still without them
+/// (lists lag behind writes; the new process does not remember its writes). That is not drift:
+/// a GET per missing assignment says so, and the restart writes nothing to Azure or to the grant.
+#[tokio::test]
+async fn a_restart_while_lists_lag_behind_recent_writes_writes_nothing() {
+    let h = harness(StateConfig { list_lag: Duration::from_secs(5), ..StateConfig::default() }).await;
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    let spec = json!([{"role": "Reader", "scope": rg("rg-lake")}, {"role": "Storage Blob Data Reader", "scope": lake}]);
+    h.apply(&grant("g", h.workspace_identity(0), spec)).await;
+    let ready = h.ready("g").await;
+    h.stop_controller().await;
+    let emulator = &h.sandbox.arm.emulator;
+    let (puts, gets) = (emulator.count("PutRoleAssignment"), emulator.count("GetRoleAssignment"));
+
+    // A new process: empty caches, no memory of its own writes; the lists still lag.
+    let ctx = replica_context(&h.sandbox, dbx_identity_operator::telemetry::Metrics::new());
+    dbx_identity_operator::controller::reconcile::reconcile(std::sync::Arc::new(ready.clone()), ctx)
+        .await
+        .expect("reconcile");
+    assert_eq!(emulator.count("PutRoleAssignment"), puts, "assignments re-PUT after a restart");
+    assert_eq!(emulator.count("GetRoleAssignment"), gets + 2, "one GET per assignment the list lacked");
+    let after = h.grants.get("g").await.expect("get");
+    assert_eq!(after.metadata.resource_version, ready.metadata.resource_version, "the restart wrote the grant");
+    h.stop().await;
+}
