@@ -570,9 +570,9 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
 /// workspace's managed identity is two GETs, a connector one) and each (role, scope) looked up
 /// once.
 fn restart_read_bound(workload: &workload::Workload) -> usize {
-    let identities: std::collections::BTreeSet<String> =
-        workload.grants.iter().map(|g| g.identity.to_string()).collect();
-    let identity_reads: usize = identities.iter().map(|i| if i.contains("\"workspace\"") { 2 } else { 1 }).sum();
+    let identities: std::collections::BTreeMap<String, bool> =
+        workload.grants.iter().map(|g| (g.identity.to_string(), g.identity.get("workspace").is_some())).collect();
+    let identity_reads: usize = identities.values().map(|workspace| if *workspace { 2 } else { 1 }).sum();
     let role_scopes: std::collections::BTreeSet<(String, String)> = workload
         .grants
         .iter()

@@ -234,12 +234,7 @@ impl Policy for ArmMetricsPolicy {
     async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let operation = arm_operation(request.method().as_ref(), request.url().path());
         let started = Instant::now();
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "ArmMetricsPolicy must not be the last policy",
-            ));
-        };
+        let (first, rest) = crate::azure::client::next_policy("ArmMetricsPolicy", next)?;
         let result = first.send(ctx, request, rest).await;
         let status = match &result {
             Ok(response) => u16::from(response.status()).to_string(),

@@ -19,6 +19,7 @@ use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::azure::client::{arm_retry, client_options};
 use dbx_identity_operator::azure::models::RoleAssignmentProperties;
 use dbx_identity_operator::controller::plan::assignment_name;
+use dbx_identity_operator::controller::resolve::managed_identity_id;
 use dbx_identity_operator::sandbox::Sandbox;
 use dbx_identity_operator::sandbox::workload::Workload;
 use futures::StreamExt;
@@ -111,13 +112,8 @@ async fn script_pass(arm: &ArmClient, tuples: &[Tuple]) {
             if let Some(ws) = t.identity.pointer("/workspace/resourceId").and_then(|v| v.as_str()) {
                 if let Ok(id) = ResourceId::parse(ws)
                     && let Ok(workspace) = arm.get_workspace(&id).await
-                    && let Ok(managed) = ResourceId::parse(&workspace.properties.managed_resource_group_id)
+                    && let Ok(mi) = managed_identity_id(&id, &workspace)
                 {
-                    let mi = managed.with_provider_resource(
-                        "Microsoft.ManagedIdentity",
-                        "userAssignedIdentities",
-                        "dbmanagedidentity",
-                    );
                     let _ = arm.get_user_assigned_identity(&mi).await;
                 }
             } else if let Some(ac) = t.identity.pointer("/accessConnector/resourceId").and_then(|v| v.as_str())

@@ -24,6 +24,21 @@ use super::error::ArmError;
 use super::models::*;
 use super::resource_id::ResourceId;
 
+/// A policy and the ones after it.
+pub type PolicyChain<'a> = (&'a Arc<dyn Policy>, &'a [Arc<dyn Policy>]);
+
+/// The policy after `this` in a pipeline and the ones after it: what a pass-through policy
+/// (metrics, pacing, read-only) hands the request to. A pipeline always ends in its transport,
+/// so an empty rest is a wiring mistake, reported rather than panicked on.
+pub fn next_policy<'a>(this: &str, next: &'a [Arc<dyn Policy>]) -> Result<PolicyChain<'a>, azure_core::Error> {
+    next.split_first().ok_or_else(|| {
+        azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Other,
+            format!("{this} must not be the last policy"),
+        )
+    })
+}
+
 /// Public Azure's ARM endpoint.
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
 

@@ -462,12 +462,7 @@ impl Policy for PacingPolicy {
     async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let key = bucket_key(request.method().as_ref(), request.url().path());
         let provider = provider_key(request.url().path());
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "PacingPolicy must not be the last policy",
-            ));
-        };
+        let (first, rest) = crate::azure::client::next_policy("PacingPolicy", next)?;
         let asked = Instant::now();
         let mut waited = false;
         let decision = loop {

@@ -37,12 +37,7 @@ impl Policy for ReadOnly {
                 format!("read-only command: refused {} {}", request.method(), request.url().path()),
             ));
         }
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "ReadOnly must not be the last policy",
-            ));
-        };
+        let (first, rest) = crate::azure::client::next_policy("ReadOnly", next)?;
         first.send(ctx, request, rest).await
     }
 }
