@@ -168,7 +168,12 @@ impl ClusterRecords {
 
 /// Classifies every assignment of every discovered identity, and the orphaned ones (pure).
 pub fn classify(estate: &Estate, cluster: &ClusterRecords) -> AuditReport {
-    let live: HashSet<&str> = estate.identities.iter().map(|i| i.principal.principal_id.as_str()).collect();
+    let live: HashSet<&str> = estate
+        .identities
+        .iter()
+        .map(|i| i.principal.principal_id.as_str())
+        .chain(estate.live_principals.iter().map(String::as_str))
+        .collect();
     let mut by_principal: HashMap<String, Vec<&RoleAssignment>> = HashMap::new();
     for a in &estate.assignments {
         by_principal.entry(a.properties.principal_id.to_ascii_lowercase()).or_default().push(a);

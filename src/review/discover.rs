@@ -93,6 +93,9 @@ pub struct Estate {
     /// the subscriptions whose lists held them, i.e. those they are inherited by (their ids do
     /// not show the hierarchy).
     pub inherited_by: HashMap<String, std::collections::BTreeSet<String>>,
+    /// Every principal a listed identity has, in or out of the resource-group filter (lower
+    /// case): none of their assignments is orphaned.
+    pub live_principals: std::collections::HashSet<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -146,7 +149,7 @@ pub async fn discover(arm: &ArmClient, query: &EstateQuery, progress: &Progress)
     let mut readings = Vec::new();
     for (i, subscription) in subscriptions.iter().enumerate() {
         progress.say(&format!("reading subscription {subscription} ({}/{})", i + 1, subscriptions.len()));
-        readings.push(read_subscription(arm, subscription, &query.resource_groups).await);
+        readings.push(read_subscription(arm, subscription).await);
     }
     let mut estate = assemble(readings, &query.resource_groups);
     resolve_missing_roles(arm, &mut estate).await;
@@ -159,33 +162,14 @@ pub async fn discover(arm: &ArmClient, query: &EstateQuery, progress: &Progress)
     Ok(estate)
 }
 
-async fn read_subscription(arm: &ArmClient, subscription: &str, resource_groups: &[String]) -> Reading {
+async fn read_subscription(arm: &ArmClient, subscription: &str) -> Reading {
     let sub = ResourceId::subscription(subscription);
-    // Workspaces and connectors per resource group when filtered; identities and assignments
-    // always per subscription (dbmanagedidentity lives in the managed resource group, and an
-    // identity's assignments may be anywhere in the subscription).
-    let withins: Vec<ResourceId> = if resource_groups.is_empty() {
-        vec![sub.clone()]
-    } else {
-        resource_groups.iter().map(|rg| ResourceId::resource_group(subscription, rg)).collect()
-    };
-    let workspaces = async {
-        let mut all = Vec::new();
-        for within in &withins {
-            all.extend(arm.list_workspaces(within).await?);
-        }
-        Ok(all)
-    };
-    let connectors = async {
-        let mut all = Vec::new();
-        for within in &withins {
-            all.extend(arm.list_access_connectors(within).await?);
-        }
-        Ok(all)
-    };
+    // Every workspace and connector of the subscription, even with a resource-group filter (it is
+    // one list either way): an identity outside the filter is still alive, and must not make its
+    // assignments look orphaned.
     let (workspaces, connectors, user_assigned, definitions, assignments) = tokio::join!(
-        workspaces,
-        connectors,
+        arm.list_workspaces(&sub),
+        arm.list_access_connectors(&sub),
         arm.list_user_assigned_identities(&sub),
         arm.list_role_definitions(&sub),
         arm.list_role_assignments(&sub),
@@ -264,6 +248,15 @@ fn assemble(readings: Vec<Reading>, resource_groups: &[String]) -> Estate {
         }
         if any {
             estate.subscriptions.push(reading.subscription);
+        }
+    }
+    for uai in user_assigned.values() {
+        estate.live_principals.insert(uai.properties.principal_id.to_ascii_lowercase());
+    }
+    for identity in connectors.iter().filter_map(|ac| ac.identity.as_ref()) {
+        let principals = identity.user_assigned_identities.values().filter_map(|u| u.principal_id.as_deref());
+        for principal in identity.principal_id.as_deref().into_iter().chain(principals) {
+            estate.live_principals.insert(principal.to_ascii_lowercase());
         }
     }
     let in_filter = |id: &ResourceId| {
@@ -382,15 +375,13 @@ fn assemble(readings: Vec<Reading>, resource_groups: &[String]) -> Estate {
 /// Roles assignments name that the subscription lists did not hold (a management group's
 /// custom role, an unreadable list): one GET each.
 async fn resolve_missing_roles(arm: &ArmClient, estate: &mut Estate) {
-    let mut missing: Vec<String> = estate
-        .assignments
-        .iter()
-        .filter(|a| estate.role_of(a).is_none())
-        .map(|a| a.properties.role_definition_id.clone())
-        .collect();
-    missing.sort_by_key(|id| id.to_ascii_lowercase());
-    missing.dedup_by(|a, b| role_guid(a) == role_guid(b));
-    for id in missing {
+    // One GET per GUID: the same role is named from a subscription and a management group alike.
+    let mut missing: BTreeMap<String, String> = BTreeMap::new();
+    for a in estate.assignments.iter().filter(|a| estate.role_of(a).is_none()) {
+        let id = &a.properties.role_definition_id;
+        missing.entry(role_guid(id).unwrap_or_else(|| id.to_ascii_lowercase())).or_insert_with(|| id.clone());
+    }
+    for id in missing.into_values() {
         let Ok(parsed) = ResourceId::parse(&id) else { continue };
         match arm.get_role_definition(&parsed).await {
             Ok(def) => {

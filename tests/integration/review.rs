@@ -201,6 +201,16 @@ async fn audit_classifies_flags_and_exit_codes() {
         "summary line last:\n{stdout}"
     );
 
+    // Without --quiet, progress goes to stderr only; --resource-group narrows the identities.
+    let out = cli(&h, &["audit", "--resource-group", "rg-lake"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("reading subscription {SUBSCRIPTION_ID} (1/1)")), "{stderr}");
+    assert!(!stdout.contains("reading subscription"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("1 subscription(s), 0 identities, 0 role assignments: 0 managed, 0 adopted, 0 unmanaged; 0 flagged; 0 problem(s)"), "no workspace or connector in rg-lake:\n{stdout}");
+    let out = cli(&h, &["audit", "--quiet", "--resource-group", "rg-analytics"]).await;
+    assert!(text(&out).0.contains("4 identities, 6 role assignments"), "{:?}", text(&out));
+
     let out = cli(&h, &["audit", "--quiet", "--fail-on", "flagged"]).await;
     assert_eq!(out.status.code(), Some(3), "flagged → 3: {:?}", text(&out));
     // Without the cluster, the operator's own assignments are still recognised by their names.
