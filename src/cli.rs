@@ -184,6 +184,9 @@ pub struct RunArgs {
     /// (default: the resync interval). One ARM read per scope per interval.
     #[arg(long, env = "DBX_DRIFT_CHECK_INTERVAL", value_parser = parse_duration)]
     pub drift_check_interval: Option<std::time::Duration>,
+    /// How long before a time-bound entry's access ends it reads `ExpiringSoon`, with an Event.
+    #[arg(long, env = "DBX_EXPIRY_WARNING", default_value = "1h", value_parser = parse_duration)]
+    pub expiry_warning: std::time::Duration,
     /// Grants reconciled at once.
     #[arg(long, env = "DBX_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: u16,
@@ -334,6 +337,7 @@ async fn run_operator(args: RunArgs) -> Result<(), CliError> {
         ControllerSettings {
             resync_interval: args.resync_interval,
             drift_check_interval: args.drift_check_interval,
+            expiry_warning: args.expiry_warning,
             max_concurrent_reconciles: args.max_concurrent_reconciles,
             max_arm_requests_per_subscription: args.max_arm_requests_per_subscription,
             namespaces: args.namespaces,

@@ -58,6 +58,12 @@ pub struct BucketLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    /// `1h`, `24h` or `7d`.
+    pub within: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -83,6 +89,8 @@ pub struct Metrics {
     pub drift_corrections: Counter,
     pub managed_role_assignments: Gauge,
     pub grants: Family<ReadyLabels, Gauge>,
+    pub assignments_expiring: Family<WindowLabels, Gauge>,
+    pub expiry_removals: Counter,
     pub leader: Gauge,
     pub status_writes: Counter,
     /// Set once the controller's caches are filled (readiness).
@@ -158,6 +166,21 @@ impl Metrics {
             "Grants by health (Ready, Reconciling or Stalled), Ready condition and its reason",
             grants.clone(),
         );
+        let assignments_expiring = Family::<WindowLabels, Gauge>::default();
+        for (within, _) in crate::controller::expiry::EXPIRING_WINDOWS {
+            assignments_expiring.get_or_create(&WindowLabels { within: within.into() }).set(0);
+        }
+        registry.register(
+            "assignments_expiring",
+            "Role assignments in place whose access ends within the window (expiresAt / activeFor)",
+            assignments_expiring.clone(),
+        );
+        let expiry_removals = Counter::default();
+        registry.register(
+            "expiry_removals",
+            "Role assignments removed by the expiry sweeper when their access ended",
+            expiry_removals.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica reconciles", leader.clone());
         let status_writes = Counter::default();
@@ -177,6 +200,8 @@ impl Metrics {
             drift_corrections,
             managed_role_assignments,
             grants,
+            assignments_expiring,
+            expiry_removals,
             leader,
             status_writes,
             ready: AtomicBool::new(false),

@@ -30,9 +30,11 @@ use super::rules::*;
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Principal", type_ = "string", json_path = ".status.principal.principalId"),
     printcolumn(name = "Assigned", type_ = "string", json_path = ".status.assigned"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.nextExpiry"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(LIFETIME_EXCLUSIVE_RULE).message(LIFETIME_EXCLUSIVE_MSG))]
 pub struct DatabricksIdentityGrantSpec {
     /// The Azure identity that receives the roles. Set exactly one of `workspace`,
     /// `accessConnector` or `principal`.
@@ -59,6 +61,23 @@ pub struct DatabricksIdentityGrantSpec {
     /// identity. Needs the operator to be installed with credential references enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure_credential_ref: Option<SecretRef>,
+
+    /// When every entry's access ends (RFC 3339, e.g. `2026-12-31T18:00:00Z`), unless the entry
+    /// sets its own `expiresAt` or `activeFor`. At that time the operator removes the
+    /// assignments it created (within seconds, not at the next resync); the entries then read
+    /// `Expired`. A past time means expired. Editing it to a later time extends access, and
+    /// assigns an expired entry again. At most one of `expiresAt` and `activeFor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// How long each entry's access lasts from when the entry was first assigned (recorded in
+    /// `status.roleAssignments[].assignedAt`), unless the entry sets its own `expiresAt` or
+    /// `activeFor`: a duration of at least `5m` in the units `h`, `m` and `s`, e.g. `48h` or
+    /// `2h30m`. At most one of `expiresAt` and `activeFor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(ACTIVE_FOR_MSG))]
+    pub active_for: Option<String>,
 }
 
 /// Which Azure identity receives the roles. Exactly one field must be set.
@@ -156,7 +175,8 @@ pub enum PrincipalType {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new(CONDITION_NEEDS_VERSION_RULE).message(CONDITION_NEEDS_VERSION_MSG),
-    validation = Rule::new(VERSION_NEEDS_CONDITION_RULE).message(VERSION_NEEDS_CONDITION_MSG)
+    validation = Rule::new(VERSION_NEEDS_CONDITION_RULE).message(VERSION_NEEDS_CONDITION_MSG),
+    validation = Rule::new(LIFETIME_EXCLUSIVE_RULE).message(LIFETIME_EXCLUSIVE_MSG)
 )]
 pub struct RoleAssignmentSpec {
     /// The role: a display name (`Storage Blob Data Contributor`), a role-definition GUID
@@ -193,6 +213,21 @@ pub struct RoleAssignmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
+
+    /// When this entry's access ends (RFC 3339); overrides the grant's `expiresAt` /
+    /// `activeFor`. At that time the operator removes the assignment if it created it (an
+    /// adopted assignment, or one another grant still wants, stays and the entry says so). A
+    /// past time means expired; a later time extends, and assigns an expired entry again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// How long this entry's access lasts from when it was first assigned; overrides the
+    /// grant's `expiresAt` / `activeFor`. At least `5m`, in the units `h`, `m` and `s`
+    /// (`30m`, `48h`, `2h30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(ACTIVE_FOR_MSG))]
+    pub active_for: Option<String>,
 }
 
 /// What deleting the grant does to its Azure role assignments.
@@ -272,6 +307,10 @@ pub struct DatabricksIdentityGrantStatus {
     /// How many times an assignment was found missing or changed in Azure and restored.
     #[serde(default)]
     pub drift_corrections: i64,
+
+    /// The soonest `expiresAt` among entries not yet expired (the `Expires` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_expiry: Option<Time>,
 }
 
 /// The resolved principal.
@@ -306,7 +345,9 @@ pub struct RoleAssignmentStatus {
     pub assignment_id: Option<String>,
     /// `Assigned` (created by this operator and present), `Adopted` (already existed; never
     /// deleted by the operator), `Pending` (being created or waiting to retry), `Planned`
-    /// (Observe mode: would be created), `Denied` (refused by a GrantPolicy) or `Failed`.
+    /// (Observe mode: would be created), `Denied` (refused by a GrantPolicy), `Failed`, or
+    /// `Expired` (past its `expiresAt`: no longer wanted; the message says whether its
+    /// assignment was removed).
     pub state: AssignmentState,
     /// Machine-readable reason for the state, e.g. `PrincipalNotFound`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,6 +355,17 @@ pub struct RoleAssignmentStatus {
     /// Human-readable detail, including Azure's error code and message when Azure refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the entry's access ends, resolved from `expiresAt` or `activeFor` (the entry's or
+    /// the grant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the entry was first in place (kept across restarts and extensions; `activeFor`
+    /// counts from it). Recorded only for entries with an expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<Time>,
+    /// When the operator removed the expired entry's assignment from Azure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<Time>,
 }
 
 /// Lifecycle state of one desired assignment.
@@ -325,6 +377,7 @@ pub enum AssignmentState {
     Planned,
     Denied,
     Failed,
+    Expired,
 }
 
 /// A role assignment of the principal that no grant declares.

@@ -81,6 +81,16 @@ pub struct GrantPolicySpec {
     #[serde(default = "default_max_role_assignments_per_grant")]
     #[schemars(range(min = 1, max = 100))]
     pub max_role_assignments_per_grant: i32,
+
+    /// Longest access this policy allows: every allowed entry must expire (`expiresAt` or
+    /// `activeFor`, its own or the grant's) at most this long after the operator judges it
+    /// (for `activeFor`, its duration). An entry without an expiry, or with a longer one, is
+    /// denied with reason `DurationNotAllowed`. At least `5m`, in the units `h`, `m` and `s`
+    /// (`8h`, `720h`). Unset: access without end is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_DURATION_LEN))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(MAX_DURATION_MSG))]
+    pub max_duration: Option<String>,
 }
 
 /// A string of at most 1024 characters (keeps the API server's CEL cost estimate bounded).

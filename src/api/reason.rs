@@ -80,6 +80,9 @@ reasons!(
     UpdatePlanned,
     ChangesPlanned,
     RemovalPending,
+    // Time-bound access.
+    Expired,
+    ExpiringSoon,
     // The grant itself.
     InvalidSpec,
     CredentialError,
@@ -110,6 +113,7 @@ reasons!(
     PrivilegedRole,
     DataRoleOnWorkspaceIdentity,
     TooManyAssignments,
+    DurationNotAllowed,
     ConflictingGrant,
     // Deletion.
     CleanupFailed,
@@ -148,7 +152,9 @@ impl Reason {
             | Created
             | Updated
             | Deleted
-            | DriftCorrected => Health::Healthy,
+            | DriftCorrected
+            | Expired
+            | ExpiringSoon => Health::Healthy,
             Pending | OutOfSync | CreatePlanned | UpdatePlanned | ChangesPlanned | RemovalPending
             | PrincipalNotFound | TooManyRequests | AzureUnavailable => Health::Progressing,
             // The spec, the identity, a role or scope, Azure's refusals, policy denials, cleanup.
@@ -169,6 +175,7 @@ impl Reason {
                 | PrivilegedRole
                 | DataRoleOnWorkspaceIdentity
                 | TooManyAssignments
+                | DurationNotAllowed
                 | PolicyDenied
         )
     }
@@ -201,6 +208,8 @@ impl Reason {
             Created | Updated | Deleted | DriftCorrected | AssignmentFailed | PolicyDenied | RoleNotResolved
             | AssignmentsRetained => Appears::Event,
             Adopted
+            | Expired
+            | ExpiringSoon
             | ConflictingGrant
             | DataRoleOnWorkspaceIdentity
             | InvalidSpec
@@ -222,7 +231,15 @@ impl Reason {
 
     /// Whether an Event with this reason is a Warning (else Normal).
     pub const fn is_warning(self) -> bool {
-        !matches!(self, Reason::Created | Reason::Updated | Reason::Deleted | Reason::Adopted)
+        !matches!(
+            self,
+            Reason::Created
+                | Reason::Updated
+                | Reason::Deleted
+                | Reason::Adopted
+                | Reason::Expired
+                | Reason::ExpiringSoon
+        )
     }
 
     /// The reason for an ARM failure on an assignment or a scope (the message keeps Azure's own
@@ -269,6 +286,12 @@ impl Reason {
             }
             ChangesPlanned => "`InSync=False` in `Observe` mode: the message counts the changes `Enforce` would make",
             RemovalPending => "an assignment the grant no longer wants could not be removed yet",
+            Expired => {
+                "the entry's `expiresAt` has passed: its assignment was removed (or stays, adopted or wanted by another grant; the message says which). `Ready` with this reason: every entry has expired. Also the Event of a removal at expiry, saying how late it came when the operator was down"
+            }
+            ExpiringSoon => {
+                "the entry is in place and its access ends within the warning window (`--expiry-warning`, 1 h by default); also an Event once"
+            }
             InvalidSpec => {
                 "the spec fails validation (the message names the field); also a grant stored past admission with a value of the wrong type: it is watched untyped, so one such grant never stalls the others. Nothing is sent to Azure"
             }
@@ -295,6 +318,9 @@ impl Reason {
             AzureError => "Azure refused the request for another reason; the message carries Azure's code and text",
             NoGrantPolicy | IdentityNotAllowed | ScopeNotAllowed => {
                 "GrantPolicy denial (state `Denied`), decided on the parsed ids before Azure is asked anything, so it reads the same for resources that exist and ones that do not"
+            }
+            DurationNotAllowed => {
+                "GrantPolicy denial (state `Denied`): the policy's `maxDuration` requires an expiry no further away than it, and the entry has none or a later one"
             }
             RoleNotAllowed | PrivilegedRole | TooManyAssignments => {
                 "GrantPolicy denial (state `Denied`), decided once the role is resolved"
@@ -357,6 +383,9 @@ impl Reason {
             | TooManyAssignments
             | DataRoleOnWorkspaceIdentity
             | PolicyDenied => "change the grant or ask the platform team for a policy change",
+            DurationNotAllowed => "set `expiresAt` or `activeFor` within the policy's `maxDuration`",
+            ExpiringSoon => "extend `expiresAt` / `activeFor` if access is still needed",
+            Expired => "nothing; set a later `expiresAt` to assign it again",
             ConflictingGrant => "align the conditions or delete one grant",
             CleanupFailed => "fix the cause; as a last resort remove the finalizer (assignments then stay in Azure)",
             AssignmentsRetained => "remove the listed assignments in Azure, or delete grants before their Secrets",

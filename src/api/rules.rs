@@ -92,6 +92,22 @@ pub const SCOPE_TRAILING_SLASH_MSG: &str = "scope must not end with '/'";
 
 pub const SCOPE_INVALID_MSG: &str = "scope must be a valid Azure resource id";
 
+pub const LIFETIME_EXCLUSIVE_RULE: &str = "!(has(self.expiresAt) && has(self.activeFor))";
+pub const LIFETIME_EXCLUSIVE_MSG: &str = "set at most one of expiresAt and activeFor";
+
+/// Longest duration string (`activeFor`, `maxDuration`).
+pub const MAX_DURATION_LEN: u32 = 32;
+/// Shortest `activeFor` or `maxDuration`: Azure PIM's shortest schedule, and long enough that
+/// a grant is not removed before it has converged.
+pub const MIN_DURATION_SECONDS: u64 = 300;
+// The pattern admits exactly what `validation::parse_duration` parses, and CEL's `duration()`
+// parses a superset of it, so the API server and the controller agree on every value.
+pub const DURATION_RULE: &str = "self.matches('^([0-9]{1,9}(h|m|s))+$') && duration(self) >= duration('5m')";
+pub const ACTIVE_FOR_MSG: &str =
+    "activeFor must be a duration of at least 5m written with the units h, m and s, e.g. 30m, 48h or 2h30m";
+pub const MAX_DURATION_MSG: &str =
+    "maxDuration must be a duration of at least 5m written with the units h, m and s, e.g. 8h or 720h";
+
 pub const CREDENTIAL_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')";
 pub const CREDENTIAL_NAME_MSG: &str = "azureCredentialRef.name must be a Secret name (lower-case DNS subdomain)";
 

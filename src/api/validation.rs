@@ -9,8 +9,10 @@
 //! message the matching CEL rule gives (see [`super::rules`]), followed by specifics.
 
 use std::fmt;
+use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -115,6 +117,15 @@ pub struct AbacCondition {
     pub version: String,
 }
 
+/// When an entry's access ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// At this time (`expiresAt`).
+    Until(Timestamp),
+    /// This long after the entry was first assigned (`activeFor`).
+    For(Duration),
+}
+
 /// One desired role assignment, parsed.
 #[derive(Debug, Clone)]
 pub struct ValidatedRoleAssignment {
@@ -122,6 +133,8 @@ pub struct ValidatedRoleAssignment {
     pub scope: ResourceId,
     pub condition: Option<AbacCondition>,
     pub description: Option<String>,
+    /// The entry's own lifetime, else the grant's; `None`: access without end.
+    pub lifetime: Option<Lifetime>,
 }
 
 /// A grant spec that passed validation.
@@ -199,9 +212,11 @@ pub fn validate_grant_spec(spec: &DatabricksIdentityGrantSpec) -> Result<Validat
     }
     // Entries of an over-long list are not examined: the duplicate check is quadratic.
     let examined = if count > MAX_ROLE_ASSIGNMENTS as usize { &[][..] } else { &spec.role_assignments[..] };
+    let grant_lifetime = validate_lifetime(&mut c, "spec", spec.expires_at.as_ref(), spec.active_for.as_deref());
     let mut assignments: Vec<ValidatedRoleAssignment> = Vec::with_capacity(examined.len());
     for (i, ra) in examined.iter().enumerate() {
-        if let Some(valid) = validate_role_assignment(&mut c, &format!("spec.roleAssignments[{i}]"), ra) {
+        if let Some(mut valid) = validate_role_assignment(&mut c, &format!("spec.roleAssignments[{i}]"), ra) {
+            valid.lifetime = valid.lifetime.or(grant_lifetime);
             // Duplicates by meaning: a name and a GUID of one role are caught when resolved.
             if let Some(first) =
                 assignments.iter().position(|a| a.role.same_role(&valid.role) && a.scope == valid.scope)
@@ -346,10 +361,83 @@ fn validate_role_assignment(
         }
     }
 
+    let lifetime = validate_lifetime(c, field, ra.expires_at.as_ref(), ra.active_for.as_deref());
+
     if c.0.len() != before {
         return None;
     }
-    Some(ValidatedRoleAssignment { role: role?, scope: scope?, condition, description: ra.description.clone() })
+    Some(ValidatedRoleAssignment {
+        role: role?,
+        scope: scope?,
+        condition,
+        description: ra.description.clone(),
+        lifetime,
+    })
+}
+
+/// `expiresAt` / `activeFor` at one level (`spec` or an entry): at most one, and a duration the
+/// CEL rule admits too.
+fn validate_lifetime(
+    c: &mut Collector,
+    field: &str,
+    expires_at: Option<&Time>,
+    active_for: Option<&str>,
+) -> Option<Lifetime> {
+    match (expires_at, active_for) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            c.push(field, LIFETIME_EXCLUSIVE_MSG);
+            None
+        }
+        (Some(at), None) => Some(Lifetime::Until(at.0)),
+        (None, Some(text)) => match parse_duration(text) {
+            Ok(d) if d.as_secs() >= MIN_DURATION_SECONDS => Some(Lifetime::For(d)),
+            Ok(_) => {
+                c.push(format!("{field}.activeFor"), format!("{ACTIVE_FOR_MSG}; got '{}'", truncate(text)));
+                None
+            }
+            Err(e) => {
+                c.push(format!("{field}.activeFor"), format!("{ACTIVE_FOR_MSG}; '{}' {e}", truncate(text)));
+                None
+            }
+        },
+    }
+}
+
+/// Parses the duration syntax the CRD admits (`DURATION_RULE`): one or more `<digits><unit>`
+/// with the units `h`, `m` and `s`, e.g. `48h` or `2h30m`. A subset of Go's (and CEL's)
+/// durations, so both sides of admission read a value the same way.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.is_empty() {
+        return Err("is empty".into());
+    }
+    if text.len() > MAX_DURATION_LEN as usize {
+        return Err(format!("is longer than {MAX_DURATION_LEN} characters"));
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit: u64 = match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            other => return Err(format!("has '{other}' where a digit or a unit (h, m, s) belongs")),
+        };
+        if digits.is_empty() || digits.len() > 9 {
+            return Err("needs 1 to 9 digits before each unit".into());
+        }
+        let n: u64 = digits.parse().map_err(|_| "has a number that is too large".to_owned())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or("is too long")?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err("ends without a unit (h, m, s)".into());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// Validates a scope with the same rule order and messages as the CEL rules, then parses it.
@@ -415,6 +503,8 @@ pub struct ValidatedPolicy {
     pub allow_privileged_roles: bool,
     pub workspace_managed_identity_data_roles: DataRolePolicy,
     pub max_role_assignments_per_grant: usize,
+    /// Longest access allowed; `None`: no limit.
+    pub max_duration: Option<Duration>,
 }
 
 /// Validates a GrantPolicy spec.
@@ -448,6 +538,17 @@ pub fn validate_policy_spec(spec: &GrantPolicySpec) -> Result<ValidatedPolicy, V
     if !(1..=MAX_ROLE_ASSIGNMENTS as i32).contains(&max) {
         c.push("spec.maxRoleAssignmentsPerGrant", format!("{MAX_PER_GRANT_MSG}; got {max}"));
     }
+    let max_duration = spec.max_duration.as_deref().and_then(|text| match parse_duration(text) {
+        Ok(d) if d.as_secs() >= MIN_DURATION_SECONDS => Some(d),
+        Ok(_) => {
+            c.push("spec.maxDuration", format!("{MAX_DURATION_MSG}; got '{}'", truncate(text)));
+            None
+        }
+        Err(e) => {
+            c.push("spec.maxDuration", format!("{MAX_DURATION_MSG}; '{}' {e}", truncate(text)));
+            None
+        }
+    });
     c.finish(ValidatedPolicy {
         namespace_selector: spec.namespace_selector.clone(),
         identities,
@@ -456,6 +557,7 @@ pub fn validate_policy_spec(spec: &GrantPolicySpec) -> Result<ValidatedPolicy, V
         allow_privileged_roles: spec.allow_privileged_roles,
         workspace_managed_identity_data_roles: spec.workspace_managed_identity_data_roles,
         max_role_assignments_per_grant: usize::try_from(max).unwrap_or(0),
+        max_duration,
     })
 }
 
@@ -548,6 +650,67 @@ mod tests {
                 "spec.roleAssignments[1].conditionVersion",
             ]
         );
+    }
+
+    #[test]
+    fn durations_are_the_subset_of_go_syntax_the_crd_admits() {
+        let secs = |t: &str| parse_duration(t).map(|d| d.as_secs());
+        assert_eq!(secs("48h"), Ok(172_800));
+        assert_eq!(secs("2h30m"), Ok(9000));
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("1h1h"), Ok(7200), "Go and CEL add repeated units");
+        for bad in ["", "5", "2d", "1.5h", "-5m", "h", "5 m", "1234567890h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // The CRD's pattern admits exactly these shapes (`regex` comes with the sandbox).
+        #[cfg(feature = "sandbox")]
+        {
+            let pattern = regex::Regex::new("^([0-9]{1,9}(h|m|s))+$").expect("regex");
+            for text in ["48h", "2h30m", "90s", "1h1h", "", "5", "2d", "1.5h", "-5m", "1234567890h"] {
+                assert_eq!(pattern.is_match(text), parse_duration(text).is_ok(), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn lifetimes_take_one_field_per_level_and_at_least_five_minutes() {
+        let bad = serde_json::json!({
+            "identity": ws(),
+            "expiresAt": "2026-01-01T00:00:00Z",
+            "activeFor": "1h",
+            "roleAssignments": [
+                {"role": "Reader", "scope": rg_scope(), "activeFor": "4m"},
+                {"role": "Reader", "scope": format!("{}-2", rg_scope()), "activeFor": "2days"},
+            ],
+        });
+        let errs = validate_grant_spec_json(&bad).expect_err("invalid");
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec", "spec.roleAssignments[0].activeFor", "spec.roleAssignments[1].activeFor"]);
+        assert!(errs.0[0].message.contains(LIFETIME_EXCLUSIVE_MSG));
+        assert!(errs.0[1].message.contains("at least 5m"), "{}", errs.0[1].message);
+
+        let good = serde_json::json!({
+            "identity": ws(),
+            "activeFor": "48h",
+            "roleAssignments": [
+                {"role": "Reader", "scope": rg_scope()},
+                {"role": "Reader", "scope": format!("{}-2", rg_scope()), "expiresAt": "2026-01-01T00:00:00Z"},
+            ],
+        });
+        let v = validate_grant_spec_json(&good).expect("valid");
+        assert_eq!(v.role_assignments[0].lifetime, Some(Lifetime::For(Duration::from_secs(172_800))));
+        assert_eq!(
+            v.role_assignments[1].lifetime,
+            Some(Lifetime::Until("2026-01-01T00:00:00Z".parse().expect("time"))),
+            "the entry's own wins"
+        );
+        let policy = |d: &str| {
+            validate_policy_spec_json(&serde_json::json!({
+                "namespaceSelector": {}, "identities": ["/**"], "roles": ["*"], "scopes": ["/**"], "maxDuration": d,
+            }))
+        };
+        assert_eq!(policy("8h").expect("valid").max_duration, Some(Duration::from_secs(28_800)));
+        assert!(policy("1m").expect_err("too short").0[0].field == "spec.maxDuration");
     }
 
     #[test]

@@ -6,10 +6,11 @@ use std::collections::{HashMap, HashSet};
 
 use super::concurrency::Concurrency;
 use super::decide::{self, Inputs, PolicyVerdicts, RoleLookup};
+use super::expiry::Timing;
 use super::plan::{DesiredAssignment, ObservedAssignment, OtherGrants, Precedence};
 use super::resolve::{Principal, ResolveError, Resolver, ScopeAssignments};
 use crate::api::validation::ValidatedGrant;
-use crate::api::{DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Reason};
+use crate::api::{DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus};
 use crate::azure::{ArmClient, ArmError, ResourceId};
 use crate::policy::evaluate::{Governing, PolicyMode};
 
@@ -31,6 +32,8 @@ pub struct Assessment {
     pub observed: Vec<ObservedAssignment>,
     /// Desired scopes (normalized) that could not be listed, and why.
     pub unreadable: HashMap<String, ArmError>,
+    /// When it was read, and which entries have expired.
+    pub timing: Timing,
 }
 
 impl Assessment {
@@ -60,6 +63,7 @@ impl Assessment {
             unreadable: &self.unreadable,
             others,
             precedence,
+            timing: &self.timing,
         }
     }
 }
@@ -68,39 +72,44 @@ impl Assessment {
 ///
 /// What no policy could allow costs no ARM call: the pre-gate judges the parsed ids first, and
 /// the identity is not even looked up when it allows nothing. Roles are judged once resolved.
+/// Expired entries are neither resolved nor judged, so removing them at expiry needs nothing
+/// from Azure but the removal.
 pub async fn assess(
     caches: Caches<'_>,
     arm: &ArmClient,
     governing: &[Governing<'_>],
     mode: PolicyMode,
     validated: &ValidatedGrant,
+    timing: Timing,
 ) -> Result<Assessment, ResolveError> {
     let identity_id = decide::policy_identity(&validated.identity);
     let prejudged = decide::prejudge(governing, mode, &identity_id, validated);
-    let principal = if prejudged.iter().all(Option::is_some) {
+    let asked = |i: usize| prejudged.get(i).is_some_and(Option::is_none) && !timing.expired(i);
+    let principal = if !(0..prejudged.len()).any(asked) {
         None
     } else {
         Some(caches.resolver.principal(arm, &validated.identity).await?)
     };
-    let roles = resolve_roles(caches.resolver, arm, validated, principal.is_some(), &prejudged).await;
-    let verdicts = decide::judge(governing, mode, validated, &identity_id, &roles, prejudged);
-    let desired = decide::desired_assignments(validated, principal.as_ref(), &roles, &verdicts);
+    let wanted: Vec<bool> = (0..prejudged.len()).map(asked).collect();
+    let roles = resolve_roles(caches.resolver, arm, validated, principal.is_some(), &wanted).await;
+    let verdicts = decide::judge(governing, mode, validated, &identity_id, &roles, prejudged, &timing);
+    let desired = decide::desired_assignments(validated, principal.as_ref(), &roles, &verdicts, &timing);
     let (observed, unreadable) = observe(caches, arm, &desired).await;
-    Ok(Assessment { principal, roles, verdicts, desired, observed, unreadable })
+    Ok(Assessment { principal, roles, verdicts, desired, observed, unreadable, timing })
 }
 
-/// Each entry's role, at its scope (not for entries the pre-gate denied, nor without a
-/// principal).
+/// Each entry's role, at its scope (only for `wanted` entries: not denied by the pre-gate, not
+/// expired; and not without a principal).
 async fn resolve_roles(
     resolver: &Resolver,
     arm: &ArmClient,
     validated: &ValidatedGrant,
     have_principal: bool,
-    prejudged: &[Option<(Reason, String)>],
+    wanted: &[bool],
 ) -> Vec<RoleLookup> {
     let mut roles = Vec::with_capacity(validated.role_assignments.len());
     for (index, ra) in validated.role_assignments.iter().enumerate() {
-        if !have_principal || prejudged.get(index).is_some_and(Option::is_some) {
+        if !have_principal || !wanted.get(index).copied().unwrap_or(false) {
             roles.push(RoleLookup::NotAsked);
             continue;
         }

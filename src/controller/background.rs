@@ -10,10 +10,13 @@ use futures::{FutureExt, StreamExt};
 use kube::Api;
 use tracing::{info, warn};
 
-use super::Context;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+
+use super::{Context, expiry};
 use crate::api::{DatabricksIdentityGrant, Reason};
 use crate::azure::ResourceId;
-use crate::telemetry::ReadyLabels;
+use crate::telemetry::{ReadyLabels, WindowLabels};
 
 /// Readiness, the same for a leader and a standby: the API server answers and serves the grant
 /// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
@@ -73,6 +76,85 @@ pub(super) fn spawn_gauges(ctx: Arc<Context>, shutdown: tokio::sync::watch::Rece
             }
         }
     });
+}
+
+/// Removes role assignments when their access ends, on time: once a second it looks through
+/// the grants the watch holds for entries past their end ([`expiry::due_removals`]) and
+/// DELETEs their assignments right away — not through the controller's queue, which a cold
+/// start or ARM throttling can make minutes long, and without waiting for a request slot that
+/// creates hold (DELETEs have their own ARM bucket). An assignment another live grant still
+/// wants stays. Then it wakes the grant, whose reconcile records the end in status and sends
+/// the Event. A removal that fails is left to that reconcile, which retries it.
+pub(super) fn spawn_expiry_sweeper(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        // (grant uid, assignment key, end): each removal is tried once here.
+        let mut tried: HashSet<(String, String, Timestamp)> = HashSet::new();
+        let stopped = shutdown_signal(shutdown).shared();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stopped.clone() => break,
+            }
+            let now = Timestamp::now();
+            let grants = ctx.index.grants();
+            for (i, n) in expiry::expiring_counts(&grants, now).into_iter().enumerate() {
+                let within = expiry::EXPIRING_WINDOWS[i].0;
+                ctx.metrics.assignments_expiring.get_or_create(&WindowLabels { within: within.into() }).set(n);
+            }
+            for grant in grants {
+                if grant.meta().deletion_timestamp.is_some() {
+                    continue;
+                }
+                let uid = grant.meta().uid.clone().unwrap_or_default();
+                let due: Vec<_> = expiry::due_removals(&grant, now)
+                    .into_iter()
+                    .filter(|due| tried.insert((uid.clone(), due.id.key(), due.ends)))
+                    .collect();
+                if !due.is_empty() {
+                    tokio::spawn(remove_expired(ctx.clone(), grant, due));
+                }
+            }
+            // Forget what no grant is due for any more (bounded by the grants' entries).
+            tried.retain(|(_, _, at)| now.duration_since(*at) < k8s_openapi::jiff::SignedDuration::from_hours(1));
+        }
+    });
+}
+
+async fn remove_expired(ctx: Arc<Context>, grant: Arc<DatabricksIdentityGrant>, due: Vec<expiry::DueRemoval>) {
+    let key = super::grant_key(&grant);
+    let Ok(validated) = crate::api::validation::validate_grant_spec(&grant.spec) else { return };
+    let arm = match super::reconcile::arm_client(&grant, &validated, &ctx).await {
+        Ok(arm) => arm,
+        Err(e) => {
+            warn!(grant = %key, error = %e, "expired assignments wait for the reconcile: no credential");
+            ctx.wake_grants(|g| g.meta().uid == grant.meta().uid);
+            return;
+        }
+    };
+    let names: HashSet<String> = due.iter().map(|d| d.id.name().to_ascii_lowercase()).collect();
+    let others = ctx.claims.others(grant.meta().uid.as_deref(), &names);
+    for due in due {
+        let id = &due.id;
+        if others.wanted.contains(&id.name().to_ascii_lowercase()) {
+            continue;
+        }
+        let _writer = ctx.concurrency.assignment_writer(id.name()).await;
+        match super::execute::remove_now(&ctx, &arm, id).await {
+            super::report::RemovalOutcome::Removed { confirmed } => {
+                ctx.metrics.expiry_removals.inc();
+                info!(grant = %key, assignment = %id, expired_at = %due.ends, "access ended: role assignment removed");
+                // The Event is sent by whoever removed it (a reconcile may have been first).
+                if confirmed {
+                    let event = expiry::removed_event(&due.role, &due.scope, due.ends, Timestamp::now());
+                    super::reconcile::publish(&grant, &ctx, vec![event]).await;
+                }
+            }
+            super::report::RemovalOutcome::Failed(e) => {
+                warn!(grant = %key, assignment = %id, error = %e, "removal at expiry failed; the reconcile retries it");
+            }
+        }
+    }
+    ctx.wake_grants(|g| g.meta().uid == grant.meta().uid);
 }
 
 /// Grants by health (which of Ready / Reconciling / Stalled is True), their Ready condition's

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::conditions::{self, Decided};
 use super::events::GrantEvent;
+use super::expiry::{self, Ending, Timing};
 use super::plan::{DesiredAssignment, ObservedAssignment, OtherGrants, Precedence, Step, assignment_name, plan};
 use super::resolve::{Principal, ResolveError, ResolvedRole};
 use super::retry::RetryClass;
@@ -94,6 +95,7 @@ pub fn prejudge(
 }
 
 /// The policy verdicts: the pre-gate's denials, and each resolved role judged at its scope.
+/// Expired entries are not judged: they are not wanted any more.
 pub fn judge(
     governing: &[Governing<'_>],
     mode: PolicyMode,
@@ -101,6 +103,7 @@ pub fn judge(
     identity: &str,
     roles: &[RoleLookup],
     prejudged: Vec<Option<(Reason, String)>>,
+    timing: &Timing,
 ) -> PolicyVerdicts {
     let workspace_managed_identity = matches!(validated.identity, ValidatedIdentity::WorkspaceManagedIdentity { .. });
     let mut verdicts = PolicyVerdicts::default();
@@ -112,6 +115,7 @@ pub fn judge(
             role: RoleFacts { guid: role.guid, name: &role.role_name, permissions: &role.permissions },
             scope: &ra.scope,
             position: index,
+            remaining: timing.clocks.get(index).and_then(|c| c.remaining(timing.now)),
         };
         match evaluate(governing, mode, &request) {
             Verdict::Allowed { by, warning } => {
@@ -121,26 +125,32 @@ pub fn judge(
             Verdict::Denied { reason, message } => verdicts.denials.push((index, reason, message)),
         }
     }
-    verdicts
-        .denials
-        .extend(prejudged.into_iter().enumerate().filter_map(|(i, d)| d.map(|(reason, message)| (i, reason, message))));
+    verdicts.denials.extend(
+        prejudged
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !timing.expired(*i))
+            .filter_map(|(i, d)| d.map(|(reason, message)| (i, reason, message))),
+    );
     verdicts.denials.sort_by_key(|d| d.0);
     verdicts
 }
 
-/// The assignments the grant wants: each entry whose role resolved and that no policy denies.
+/// The assignments the grant wants: each entry not expired whose role resolved and that no
+/// policy denies.
 pub fn desired_assignments(
     validated: &ValidatedGrant,
     principal: Option<&Principal>,
     roles: &[RoleLookup],
     verdicts: &PolicyVerdicts,
+    timing: &Timing,
 ) -> Vec<DesiredAssignment> {
     let Some(principal) = principal else { return Vec::new() };
     validated
         .role_assignments
         .iter()
         .enumerate()
-        .filter(|(index, _)| !verdicts.denies(*index))
+        .filter(|(index, _)| !verdicts.denies(*index) && !timing.expired(*index))
         .filter_map(|(index, ra)| {
             let Some(RoleLookup::Resolved(role)) = roles.get(index) else { return None };
             Some(DesiredAssignment {
@@ -195,6 +205,8 @@ pub struct Inputs<'a> {
     pub unreadable: &'a HashMap<String, ArmError>,
     pub others: &'a OtherGrants,
     pub precedence: &'a Precedence,
+    /// When the reconcile runs, and which entries have expired.
+    pub timing: &'a Timing,
 }
 
 /// A write to make: create or update one desired assignment.
@@ -239,6 +251,9 @@ pub struct Decision {
     pub conditions: Vec<Decided>,
     pub events: Vec<GrantEvent>,
     pub retry: RetryClass,
+    pub timing: Timing,
+    /// Expired entries whose assignment is among `removals`: `(index, assignment key, expiry)`.
+    pub expiring: Vec<(usize, String, k8s_openapi::jiff::Timestamp)>,
 }
 
 /// A status entry for spec entry `index`.
@@ -259,6 +274,9 @@ pub fn entry(
         state,
         reason: Some(reason.code().to_owned()),
         message,
+        expires_at: None,
+        assigned_at: None,
+        removed_at: None,
     }
 }
 
@@ -290,6 +308,8 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         conditions: Vec::new(),
         events: Vec::new(),
         retry: RetryClass::Resync,
+        timing: inputs.timing.clone(),
+        expiring: Vec::new(),
     };
     decide_identity(inputs, &mut d);
     decide_roles(inputs, &mut d);
@@ -312,11 +332,12 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     for (desired, step) in inputs.desired.iter().zip(&the_plan.steps) {
         decide_entry(inputs, desired, step, &mut d);
     }
-    d.notes = the_plan.notes;
+    d.notes = the_plan.notes.clone();
     for name in &the_plan.released {
         d.managed.retain(|_, id| !RoleAssignmentId::parse(id).is_some_and(|id| id.has_name(name)));
         d.creating.retain(|_, id| !RoleAssignmentId::parse(id).is_some_and(|id| id.has_name(name)));
     }
+    decide_expired(inputs, &the_plan, &mut d);
     if enforce {
         d.removals = the_plan.deletions;
     } else {
@@ -349,6 +370,9 @@ fn decide_identity(inputs: &Inputs<'_>, d: &mut Decision) {
                 Reason::Resolved,
                 format!("principal {}", principal.principal_id),
             )
+        }
+        None if inputs.timing.all_expired() => {
+            Decided::new(conditions::IDENTITY_RESOLVED, true, Reason::Expired, "not looked up: every entry has expired")
         }
         None => Decided::new(
             conditions::IDENTITY_RESOLVED,
@@ -419,6 +443,50 @@ fn record_intent(inputs: &Inputs<'_>, steps: &[Step], d: &mut Decision) {
     }
     if d.creating.len() > before {
         d.intent = Some(d.creating.values().cloned().collect());
+    }
+}
+
+/// Expired entries: their assignment is removed with the plan's deletions when this grant made
+/// it (settled in `report`), stays when adopted or still wanted by another grant, and the
+/// entry says which.
+fn decide_expired(inputs: &Inputs<'_>, the_plan: &super::plan::Plan, d: &mut Decision) {
+    let now = inputs.timing.now;
+    for (index, clock) in inputs.timing.clocks.iter().enumerate() {
+        let (true, Some(at)) = (clock.expired, clock.expires_at) else { continue };
+        let fresh = entry(inputs.spec, index, AssignmentState::Expired, Reason::Expired, None);
+        let before = expiry::previous_entry(inputs.previous, &fresh.role, &fresh.scope).cloned();
+        let id = before.as_ref().and_then(|b| b.assignment_id.clone());
+        let key = id.as_deref().and_then(RoleAssignmentId::parse).map(|id| id.key());
+        let mut carried = fresh.clone();
+        carried.role_definition_id = before.as_ref().and_then(|b| b.role_definition_id.clone());
+        carried.assignment_id = id.clone();
+        carried.assigned_at = before.as_ref().and_then(|b| b.assigned_at.clone());
+        let deleting = key.as_ref().is_some_and(|k| the_plan.deletions.iter().any(|del| del.key() == *k));
+        let released = key
+            .as_ref()
+            .and_then(|k| RoleAssignmentId::parse(k))
+            .is_some_and(|id| the_plan.released.iter().any(|name| id.has_name(name)));
+        let ending = match before.as_ref().map(|b| b.state) {
+            _ if deleting && inputs.enforce => {
+                if let Some(k) = key {
+                    d.expiring.push((index, k, at));
+                }
+                // Settled by the removal's outcome in `report`.
+                Ending::RemovalFailed("not yet attempted".into())
+            }
+            _ if deleting => Ending::RemovalPlanned,
+            _ if released => Ending::StillWanted,
+            Some(AssignmentState::Adopted) => Ending::Adopted,
+            Some(AssignmentState::Expired) => {
+                // Already settled by an earlier reconcile: kept as it was.
+                let mut kept = before.clone().unwrap_or(carried);
+                kept.expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+                d.entries[index] = Some(kept);
+                continue;
+            }
+            _ => Ending::RemovedBefore(None),
+        };
+        d.entries[index] = Some(expiry::expired_entry(carried, at, &ending, now));
     }
 }
 

@@ -64,6 +64,7 @@ struct World {
     observed: Vec<ObservedAssignment>,
     unreadable: HashMap<String, ArmError>,
     others: OtherGrants,
+    timing: Timing,
 }
 
 impl World {
@@ -78,12 +79,13 @@ impl World {
             observed: Vec::new(),
             unreadable: HashMap::new(),
             others: OtherGrants::default(),
+            timing: Timing { clocks: vec![expiry::EntryClock::default()], ..Timing::default() },
         }
     }
 
     fn desired(&self) -> Vec<DesiredAssignment> {
         let validated = validate_grant_spec(&self.spec).expect("valid");
-        desired_assignments(&validated, self.principal.as_ref(), &self.roles, &self.verdicts)
+        desired_assignments(&validated, self.principal.as_ref(), &self.roles, &self.verdicts, &self.timing)
     }
 
     fn decide(&self) -> Decision {
@@ -101,6 +103,7 @@ impl World {
             unreadable: &self.unreadable,
             others: &self.others,
             precedence: &Precedence { created: "2026-01-01T00:00:00Z".into(), grant: "ns/me".into() },
+            timing: &self.timing,
         })
     }
 
@@ -418,4 +421,92 @@ fn policy_judgement_and_desired_set() {
     assert_eq!(desired[0].name, assignment_name(PRINCIPAL, READER.parse().expect("guid"), &scope("rg-a")));
     let relevant = relevant_names(&desired, &DatabricksIdentityGrantStatus::default(), &[]);
     assert!(relevant.contains(&desired[0].name));
+}
+
+/// Time-bound entries: an expired entry this grant created is removed (an `Expired` Event, the
+/// entry `Expired` with `removedAt`, `Ready=True` reason `Expired` once every entry has);
+/// adopted, still wanted elsewhere, or in Observe, it stays and the entry says why. Nothing
+/// about an expired entry is resolved or judged, and it is never written again.
+#[test]
+fn expired_entries_are_removed_kept_or_reported() {
+    use crate::controller::report::{Executed, RemovalOutcome, report};
+    let now: k8s_openapi::jiff::Timestamp = "2026-06-01T12:00:00Z".parse().expect("time");
+    let ended: k8s_openapi::jiff::Timestamp = "2026-06-01T11:00:00Z".parse().expect("time");
+    // Previously assigned by this grant, on record; now past its expiresAt.
+    let expired_world = |observe: bool, previous_state: AssignmentState| {
+        let mut w = World::one(observe);
+        let id = w.first_id();
+        w.spec.role_assignments[0].expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ended));
+        let mut before = entry(&w.spec, 0, previous_state, Reason::Assigned, None);
+        before.assignment_id = Some(id.to_string());
+        w.previous.role_assignments = vec![before];
+        if previous_state == AssignmentState::Assigned {
+            w.previous.managed_assignments = vec![id.to_string()];
+        }
+        let validated = validate_grant_spec(&w.spec).expect("valid");
+        w.timing = expiry::timing(&w.spec, &validated, &w.previous, now, std::time::Duration::from_secs(3600));
+        assert!(w.timing.expired(0));
+        (w, id)
+    };
+    let message = |d: &crate::api::RoleAssignmentStatus| d.message.clone().unwrap_or_default();
+
+    // Made by this grant: removed, and reported as expired (not "no longer asks for it").
+    let (w, id) = expired_world(false, AssignmentState::Assigned);
+    assert!(w.desired().is_empty(), "an expired entry is not desired");
+    let d = w.decide();
+    assert_eq!(d.removals, vec![id.clone()]);
+    assert!(d.writes.is_empty());
+    let r = report(
+        &w.spec,
+        &w.previous,
+        d,
+        Executed { writes: vec![], removals: vec![RemovalOutcome::Removed { confirmed: true }] },
+    );
+    let e = &r.status.role_assignments[0];
+    assert_eq!((e.state, e.reason.as_deref()), (AssignmentState::Expired, Some("Expired")));
+    assert_eq!(e.removed_at.as_ref().map(|t| t.0), Some(now));
+    assert!(r.status.managed_assignments.is_empty());
+    assert_eq!(r.events.iter().map(|e| e.reason).collect::<Vec<_>>(), vec![Reason::Expired]);
+    assert!(r.events[0].note.contains("3600 s late"), "removed an hour late: {}", r.events[0].note);
+    let ready = r.conditions.iter().find(|c| c.type_ == conditions::READY).expect("Ready");
+    assert_eq!((ready.status, ready.reason), (true, Reason::Expired));
+    assert_eq!(r.status.assigned.as_deref(), Some("0/0, 1 expired"));
+    assert_eq!(r.status.next_expiry, None);
+
+    // The removal failed: the entry says so and the grant is not Ready.
+    let (w, _) = expired_world(false, AssignmentState::Assigned);
+    let failure = ArmError::Transient { status: Some(503), message: "busy".into() };
+    let r = report(
+        &w.spec,
+        &w.previous,
+        w.decide(),
+        Executed { writes: vec![], removals: vec![RemovalOutcome::Failed(failure)] },
+    );
+    let e = &r.status.role_assignments[0];
+    assert_eq!((e.state, e.reason.as_deref()), (AssignmentState::Expired, Some("RemovalPending")));
+    assert_eq!(r.status.managed_assignments.len(), 1, "kept on record until removed");
+    let ready = r.conditions.iter().find(|c| c.type_ == conditions::READY).expect("Ready");
+    assert_eq!((ready.status, ready.reason), (false, Reason::RemovalPending));
+
+    // Adopted: never removed.
+    let (w, _) = expired_world(false, AssignmentState::Adopted);
+    let d = w.decide();
+    assert!(d.removals.is_empty());
+    assert_eq!(settled(&d, 0), (AssignmentState::Expired, Reason::Expired));
+    assert!(message(d.entries[0].as_ref().expect("entry")).contains("adopted"));
+
+    // Another live grant still wants it: released, not removed.
+    let (mut w, id) = expired_world(false, AssignmentState::Assigned);
+    w.others.wanted.insert(id.name().to_ascii_lowercase());
+    let d = w.decide();
+    assert!(d.removals.is_empty());
+    assert!(d.managed.is_empty(), "released from this grant's record");
+    assert!(message(d.entries[0].as_ref().expect("entry")).contains("another grant"));
+
+    // Observe: reported, not removed.
+    let (w, id) = expired_world(true, AssignmentState::Assigned);
+    let d = w.decide();
+    assert!(d.removals.is_empty());
+    assert_eq!(d.planned_removals, vec![id]);
+    assert!(message(d.entries[0].as_ref().expect("entry")).contains("Observe"));
 }

@@ -85,10 +85,15 @@ async fn put(ctx: &Context, arm: &ArmClient, write: &Write) -> WriteOutcome {
 }
 
 pub async fn remove(ctx: &Context, arm: &ArmClient, id: &RoleAssignmentId) -> RemovalOutcome {
-    let result = {
-        let _permit = ctx.concurrency.arm_permit(id.scope()).await;
-        arm.delete_role_assignment(id.scope(), id.name()).await
-    };
+    let _permit = ctx.concurrency.arm_permit(id.scope()).await;
+    remove_now(ctx, arm, id).await
+}
+
+/// [`remove`] without waiting for one of the subscription's request slots: for removals at
+/// expiry, which must not queue behind creates holding every slot while ARM throttles them
+/// (DELETEs have their own ARM bucket, so they need not wait for the writes').
+pub async fn remove_now(ctx: &Context, arm: &ArmClient, id: &RoleAssignmentId) -> RemovalOutcome {
+    let result = arm.delete_role_assignment(id.scope(), id.name()).await;
     match result {
         // Gone already, or its scope is gone: done.
         Ok(_) | Err(ArmError::NotFound { .. }) => {

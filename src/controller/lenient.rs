@@ -104,6 +104,8 @@ impl Lenient for DatabricksIdentityGrant {
                 },
                 management_policy: ManagementPolicy::Observe,
                 azure_credential_ref: None,
+                expires_at: None,
+                active_for: None,
             },
             // The operator's own record of what it created: needed to clean up on deletion.
             status: field(data, "status"),
@@ -129,6 +131,7 @@ impl Lenient for GrantPolicy {
                 allow_privileged_roles: false,
                 workspace_managed_identity_data_roles: Default::default(),
                 max_role_assignments_per_grant: crate::api::policy::default_max_role_assignments_per_grant(),
+                max_duration: None,
             },
             status: field(data, "status"),
         }

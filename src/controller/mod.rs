@@ -27,6 +27,7 @@ pub mod conditions;
 pub mod decide;
 pub mod events;
 pub mod execute;
+pub mod expiry;
 pub mod index;
 pub mod leader;
 pub mod lenient;
@@ -80,6 +81,8 @@ pub struct ControllerSettings {
     pub instance: String,
     /// Whether namespaces no GrantPolicy governs may grant anything.
     pub policy_mode: PolicyMode,
+    /// How long before an entry's access ends it reads `ExpiringSoon` (with an Event).
+    pub expiry_warning: Duration,
 }
 
 impl Default for ControllerSettings {
@@ -94,6 +97,7 @@ impl Default for ControllerSettings {
             cache_ttl: Duration::from_secs(600),
             instance: "dbx-identity-operator".into(),
             policy_mode: PolicyMode::Require,
+            expiry_warning: Duration::from_secs(3600),
         }
     }
 }
@@ -230,6 +234,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
     ctx.index.set_namespaces(watches::spawn_namespace_watch(ctx.clone(), shutdown.clone()));
     background::spawn_gauges(ctx.clone(), shutdown.clone());
     background::spawn_scope_refresher(ctx.clone(), shutdown.clone());
+    background::spawn_expiry_sweeper(ctx.clone(), shutdown.clone());
     info!(namespaces = ?ctx.settings.namespaces, policy_mode = ?ctx.settings.policy_mode, "controller started");
     let mut runs: Vec<futures::future::BoxFuture<'static, ()>> = controllers
         .into_iter()

@@ -21,6 +21,7 @@ use super::assess::assess;
 use super::conditions::{self, Decided};
 use super::decide;
 use super::events::GrantEvent;
+use super::expiry;
 use super::plan::Precedence;
 use super::report::{self, Report};
 use super::retry::RetryClass;
@@ -152,7 +153,7 @@ pub fn error_policy(grant: Arc<DatabricksIdentityGrant>, error: &ReconcileError,
 
 /// Why a grant's credential Secret gives no client.
 #[derive(Debug, thiserror::Error)]
-enum CredentialProblem {
+pub(super) enum CredentialProblem {
     #[error("the credential Secret {0} does not exist")]
     SecretMissing(String),
     #[error("{0}")]
@@ -160,7 +161,7 @@ enum CredentialProblem {
 }
 
 /// The client for this grant: the operator's own, or one from its credential Secret.
-async fn arm_client(
+pub(super) async fn arm_client(
     grant: &DatabricksIdentityGrant,
     validated: &ValidatedGrant,
     ctx: &Context,
@@ -207,7 +208,8 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let policies = ctx.index.governing_policies(&grant.namespace().unwrap_or_default());
     let governing: Vec<crate::policy::evaluate::Governing<'_>> =
         policies.iter().map(|(name, policy)| crate::policy::evaluate::Governing { name, policy }).collect();
-    let assessment = match assess(ctx.caches(), &arm, &governing, ctx.settings.policy_mode, &validated).await {
+    let timing = expiry::timing(&grant.spec, &validated, &previous, Timestamp::now(), ctx.settings.expiry_warning);
+    let assessment = match assess(ctx.caches(), &arm, &governing, ctx.settings.policy_mode, &validated, timing).await {
         Ok(assessment) => assessment,
         Err(e) => {
             let report = report::identity_failed(&grant.spec, &previous, &e);
@@ -237,8 +239,12 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let report = report::report(&grant.spec, &previous, decision, executed);
     ctx.metrics.drift_corrections.inc_by(report.drift_corrected.unsigned_abs());
     let retry = report.retry;
+    // The next time the status changes on its own (an entry's warning or its end), so neither
+    // waits for a resync. The sweeper removes expired assignments; this records it.
+    let next_change = expiry::next_change(&report.status, Timestamp::now(), ctx.settings.expiry_warning);
     persist(grant, read_at, ctx, report, &previous).await?;
-    Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)))
+    let after = ctx.backoff.after(&key(grant), retry);
+    Ok(Action::requeue(next_change.map_or(after, |at| after.min(at + Duration::from_secs(1)))))
 }
 
 /// Records the assignments about to be created (`creatingAssignments`) before creating them,
@@ -334,7 +340,7 @@ async fn persist(
 }
 
 /// Publishes events, one per reason.
-async fn publish(grant: &DatabricksIdentityGrant, ctx: &Context, events: Vec<GrantEvent>) {
+pub(super) async fn publish(grant: &DatabricksIdentityGrant, ctx: &Context, events: Vec<GrantEvent>) {
     let reference = grant.object_ref(&());
     for event in GrantEvent::merged(events) {
         info!(grant = %key(grant), reason = %event.reason, note = %event.note, "event");

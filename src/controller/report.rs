@@ -5,6 +5,7 @@
 use super::conditions::{self, Decided};
 use super::decide::{Decision, entry};
 use super::events::GrantEvent;
+use super::expiry::{self, Ending};
 use super::resolve::ResolveError;
 use super::retry::RetryClass;
 use crate::api::{AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Health, Reason};
@@ -102,6 +103,7 @@ pub fn report(
     executed: Executed,
 ) -> Report {
     let Decision { mut entries, mut managed, mut creating, mut events, mut retry, .. } = decision;
+    let now = decision.timing.now;
     let mut drift_corrected = 0;
     for (write, outcome) in decision.writes.iter().zip(executed.writes) {
         let id = write.id();
@@ -173,6 +175,12 @@ pub fn report(
         match outcome {
             RemovalOutcome::Removed { confirmed } => {
                 let recorded = managed.remove(&key).is_some();
+                if let Some((index, _, at)) = decision.expiring.iter().find(|(_, k, _)| *k == key) {
+                    creating.remove(&key);
+                    // Unconfirmed: the expiry sweeper removed it a moment ago and sent the Event.
+                    settle_expired(&mut entries, &mut events, *index, *at, &Ending::Removed, now, confirmed);
+                    continue;
+                }
                 // A write never confirmed that turns out not to exist was not "removed".
                 if creating.remove(&key).is_none() || recorded || confirmed {
                     events.push(GrantEvent::new(
@@ -183,6 +191,10 @@ pub fn report(
             }
             RemovalOutcome::Failed(e) => {
                 retry = retry.worst(RetryClass::of_arm(&e));
+                if let Some((index, _, at)) = decision.expiring.iter().find(|(_, k, _)| *k == key) {
+                    let ending = Ending::RemovalFailed(e.to_string());
+                    settle_expired(&mut entries, &mut events, *index, *at, &ending, now, false);
+                }
                 pending_removals.push(format!("{key} ({e})"));
             }
         }
@@ -206,9 +218,34 @@ pub fn report(
             })
         })
         .collect();
+    events.extend(expiry::annotate(
+        &mut status.role_assignments,
+        &decision.timing.clocks,
+        previous,
+        now,
+        decision.timing.warning,
+    ));
+    status.next_expiry = expiry::next_expiry(&status.role_assignments);
     let mut conditions = decision.conditions;
     conditions.extend(sync_and_ready(&mut status, &pending_removals, !decision.enforce));
     Report { status, conditions, events, retry, drift_corrected }
+}
+
+/// An expired entry whose assignment's removal just ended as `ending`.
+fn settle_expired(
+    entries: &mut [Option<crate::api::RoleAssignmentStatus>],
+    events: &mut Vec<GrantEvent>,
+    index: usize,
+    at: k8s_openapi::jiff::Timestamp,
+    ending: &Ending,
+    now: k8s_openapi::jiff::Timestamp,
+    announce: bool,
+) {
+    let Some(Some(entry)) = entries.get_mut(index) else { return };
+    *entry = expiry::expired_entry(entry.clone(), at, ending, now);
+    if announce {
+        events.push(expiry::removed_event(&entry.role, &entry.scope, at, now));
+    }
 }
 
 /// `InSync` and `Ready` from the settled entries (and sets `assigned`).
@@ -217,10 +254,13 @@ fn sync_and_ready(
     pending_removals: &[String],
     observe: bool,
 ) -> [Decided; 2] {
-    let in_place = |state: AssignmentState| matches!(state, AssignmentState::Assigned | AssignmentState::Adopted);
-    let total = status.role_assignments.len();
+    let in_place = expiry::in_place;
+    let expired = status.role_assignments.iter().filter(|e| e.state == AssignmentState::Expired).count();
+    // Expired entries are done, not missing: counted apart.
+    let total = status.role_assignments.len() - expired;
     let done = status.role_assignments.iter().filter(|e| in_place(e.state)).count();
-    status.assigned = Some(format!("{done}/{total}"));
+    status.assigned =
+        Some(if expired == 0 { format!("{done}/{total}") } else { format!("{done}/{total}, {expired} expired") });
     let planned = status.role_assignments.iter().filter(|e| e.state == AssignmentState::Planned).count();
     let in_sync = if done == total && pending_removals.is_empty() {
         Decided::new(conditions::IN_SYNC, true, Reason::InSync, "Azure matches the spec")
@@ -238,7 +278,7 @@ fn sync_and_ready(
         let mut why: Vec<String> = status
             .role_assignments
             .iter()
-            .filter(|e| !in_place(e.state))
+            .filter(|e| !in_place(e.state) && e.state != AssignmentState::Expired)
             .map(|e| {
                 format!("{} at {}: {}", e.role, e.scope, e.message.clone().or(e.reason.clone()).unwrap_or_default())
             })
@@ -248,7 +288,9 @@ fn sync_and_ready(
     };
     // Observe: a planned change is what the grant asked for (report it, write nothing), so the
     // grant is Ready once observed; InSync says what Enforce would change.
-    let settled = |state: AssignmentState| in_place(state) || (observe && state == AssignmentState::Planned);
+    let settled = |state: AssignmentState| {
+        in_place(state) || state == AssignmentState::Expired || (observe && state == AssignmentState::Planned)
+    };
     let waiting: Vec<_> = status.role_assignments.iter().filter(|e| !settled(e.state)).collect();
     let reason_of = |e: &crate::api::RoleAssignmentStatus| {
         e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending)
@@ -265,8 +307,18 @@ fn sync_and_ready(
                 pending_removals.len()
             ),
         ),
+        None if pending_removals.is_empty() && total == 0 && expired > 0 => Decided::new(
+            conditions::READY,
+            true,
+            Reason::Expired,
+            format!("every entry has expired ({expired}); the grant holds no access"),
+        ),
         None if pending_removals.is_empty() => {
-            Decided::new(conditions::READY, true, Reason::Ready, format!("{done}/{total} role assignments in place"))
+            let mut message = format!("{done}/{total} role assignments in place");
+            if expired > 0 {
+                message.push_str(&format!("; {expired} expired"));
+            }
+            Decided::new(conditions::READY, true, Reason::Ready, message)
         }
         None => Decided::new(conditions::READY, false, Reason::RemovalPending, pending_removals.join("; ")),
         Some(e) => Decided::new(

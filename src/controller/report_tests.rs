@@ -59,6 +59,8 @@ fn decision(step: Option<Step>, removals: Vec<RoleAssignmentId>, enforce: bool) 
         conditions: Vec::new(),
         events: Vec::new(),
         retry: RetryClass::Resync,
+        timing: Default::default(),
+        expiring: Vec::new(),
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Request<'a> {
     pub scope: &'a ResourceId,
     /// 0-based position among the grant's assignments (for `maxRoleAssignmentsPerGrant`).
     pub position: usize,
+    /// Access left until the entry expires (for `maxDuration`); `None`: access without end.
+    pub remaining: Option<std::time::Duration>,
 }
 
 /// The outcome for one assignment.
@@ -147,6 +149,8 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
                     request.role.name, g.name
                 ),
             ))
+        } else if let Some(denial) = duration_denial(p, request, g.name) {
+            Some(denial)
         } else if request.position >= p.max_role_assignments_per_grant {
             Some((
                 Reason::TooManyAssignments,
@@ -176,6 +180,30 @@ pub fn evaluate(governing: &[Governing<'_>], mode: PolicyMode, request: &Request
     }
     let (reason, message) = best.unwrap_or((Reason::NoGrantPolicy, "no GrantPolicy allows it".into()));
     Verdict::Denied { reason, message }
+}
+
+/// `maxDuration`: an entry without an expiry, or with more access left than the policy allows.
+fn duration_denial(p: &ValidatedPolicy, request: &Request<'_>, policy: &str) -> Option<(Reason, String)> {
+    let max = p.max_duration?;
+    let shown = |d: std::time::Duration| format!("{}m", d.as_secs().div_ceil(60));
+    match request.remaining {
+        None => Some((
+            Reason::DurationNotAllowed,
+            format!(
+                "GrantPolicy {policy} allows access for at most {} (maxDuration); set expiresAt or activeFor on the entry or the grant",
+                shown(max)
+            ),
+        )),
+        Some(left) if left > max => Some((
+            Reason::DurationNotAllowed,
+            format!(
+                "GrantPolicy {policy} allows access for at most {} (maxDuration); this entry asks for {}",
+                shown(max),
+                shown(left)
+            ),
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Judges what can be judged before anything is read from Azure: whether some governing policy
@@ -275,6 +303,7 @@ mod tests {
         role: (&'static str, &'static str, Vec<Permission>),
         scope: String,
         position: usize,
+        remaining: Option<std::time::Duration>,
         policy: serde_json::Value,
         expect: Result<bool, Reason>, // Ok(warned) or the denial
     }
@@ -309,6 +338,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Ok(false),
             },
@@ -319,6 +349,7 @@ mod tests {
                 role: reader(),
                 scope: lake("/providers/Microsoft.Storage/storageAccounts/x"),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Ok(false),
             },
@@ -329,6 +360,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::IdentityNotAllowed),
             },
@@ -339,6 +371,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Ok(false),
             },
@@ -349,6 +382,7 @@ mod tests {
                 role: ("b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor", perms(&["*"], &[])),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::RoleNotAllowed),
             },
@@ -359,6 +393,7 @@ mod tests {
                 role: reader(),
                 scope: format!("/subscriptions/{SUB}/resourceGroups/rg-security"),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::ScopeNotAllowed),
             },
@@ -369,6 +404,7 @@ mod tests {
                 role: reader(),
                 scope: format!("/subscriptions/{SUB}/resourceGroups/rg-lake-evil"),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::ScopeNotAllowed),
             },
@@ -379,6 +415,7 @@ mod tests {
                 role: reader(),
                 scope: lake("").to_uppercase().replace("SUBSCRIPTIONS", "subscriptions"),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Ok(false),
             },
@@ -389,6 +426,7 @@ mod tests {
                 role: owner(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::PrivilegedRole),
             },
@@ -399,6 +437,7 @@ mod tests {
                 role: owner(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"roles": [OWNER, format!("/subscriptions/{OTHER_SUB}/providers/Microsoft.Authorization/roleDefinitions/{OWNER}")]}),
                 expect: Err(Reason::PrivilegedRole),
             },
@@ -409,6 +448,7 @@ mod tests {
                 role: owner(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"allowPrivilegedRoles": true}),
                 expect: Ok(false),
             },
@@ -423,6 +463,7 @@ mod tests {
                 ),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"roles": ["*"]}),
                 expect: Err(Reason::PrivilegedRole),
             },
@@ -437,6 +478,7 @@ mod tests {
                 ),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"roles": ["*"]}),
                 expect: Err(Reason::PrivilegedRole),
             },
@@ -447,7 +489,41 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"roles": ["*"]}),
+                expect: Ok(false),
+            },
+            Case {
+                what: "maxDuration denies an entry without an expiry",
+                identity: ws(),
+                workspace_mi: false,
+                role: reader(),
+                scope: lake(""),
+                position: 0,
+                remaining: None,
+                policy: json!({"maxDuration": "8h"}),
+                expect: Err(Reason::DurationNotAllowed),
+            },
+            Case {
+                what: "maxDuration denies an expiry further away than it",
+                identity: ws(),
+                workspace_mi: false,
+                role: reader(),
+                scope: lake(""),
+                position: 0,
+                remaining: Some(std::time::Duration::from_secs(8 * 3600 + 1)),
+                policy: json!({"maxDuration": "8h"}),
+                expect: Err(Reason::DurationNotAllowed),
+            },
+            Case {
+                what: "maxDuration allows an expiry within it",
+                identity: ws(),
+                workspace_mi: false,
+                role: reader(),
+                scope: lake(""),
+                position: 0,
+                remaining: Some(std::time::Duration::from_secs(8 * 3600)),
+                policy: json!({"maxDuration": "8h"}),
                 expect: Ok(false),
             },
             Case {
@@ -457,6 +533,7 @@ mod tests {
                 role: blob(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Ok(true),
             },
@@ -467,6 +544,7 @@ mod tests {
                 role: blob(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"workspaceManagedIdentityDataRoles": "Deny"}),
                 expect: Err(Reason::DataRoleOnWorkspaceIdentity),
             },
@@ -477,6 +555,7 @@ mod tests {
                 role: blob(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"workspaceManagedIdentityDataRoles": "Allow"}),
                 expect: Ok(false),
             },
@@ -487,6 +566,7 @@ mod tests {
                 role: blob(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"workspaceManagedIdentityDataRoles": "Deny"}),
                 expect: Ok(false),
             },
@@ -497,6 +577,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 2,
+                remaining: None,
                 policy: json!({"maxRoleAssignmentsPerGrant": 2}),
                 expect: Err(Reason::TooManyAssignments),
             },
@@ -507,6 +588,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({}),
                 expect: Err(Reason::IdentityNotAllowed),
             },
@@ -517,6 +599,7 @@ mod tests {
                 role: reader(),
                 scope: lake(""),
                 position: 0,
+                remaining: None,
                 policy: json!({"identities": ["/principals/*"]}),
                 expect: Ok(false),
             },
@@ -531,6 +614,7 @@ mod tests {
                 role: RoleFacts { guid, name: case.role.1, permissions: &case.role.2 },
                 scope: &scope,
                 position: case.position,
+                remaining: case.remaining,
             };
             let verdict = evaluate(&[Governing { name: "team", policy: &p }], PolicyMode::Require, &request);
             match (&verdict, case.expect) {
@@ -591,6 +675,7 @@ mod tests {
             role: RoleFacts { guid: Uuid::nil(), name: "Reader", permissions: &p },
             scope: &scope,
             position: 0,
+            remaining: None,
         };
         assert!(matches!(
             evaluate(&[], PolicyMode::Require, &request),
@@ -612,6 +697,7 @@ mod tests {
             role: RoleFacts { guid: Uuid::parse_str(READER).expect("guid"), name: "Reader", permissions: &p },
             scope: &scope,
             position: 0,
+            remaining: None,
         };
         let verdict = evaluate(
             &[Governing { name: "a", policy: &a }, Governing { name: "b", policy: &b }],
@@ -756,6 +842,7 @@ mod tests {
                     role: RoleFacts { guid, name, permissions: &permissions },
                     scope: &scope_id,
                     position,
+                    remaining: None,
                 };
                 let verdict = evaluate(&governing, mode, &request);
                 let allowed = matches!(verdict, Verdict::Allowed { .. });

@@ -119,6 +119,8 @@ pub fn manifests(estate: &Estate, report: &AuditReport, namespace: &str) -> Impo
                     condition: a.condition.clone(),
                     condition_version: a.condition.as_ref().and(a.condition_version.clone()),
                     description: a.description.clone(),
+                    expires_at: None,
+                    active_for: None,
                 })
                 .collect();
             imported.imported += entries.len();
@@ -128,6 +130,8 @@ pub fn manifests(estate: &Estate, report: &AuditReport, namespace: &str) -> Impo
                 deletion_policy: Default::default(),
                 management_policy: ManagementPolicy::Observe,
                 azure_credential_ref: None,
+                expires_at: None,
+                active_for: None,
             };
             let grant = json!({
                 "apiVersion": "identity.dbx-operator.io/v1alpha1",
@@ -374,6 +378,7 @@ mod tests {
                 role: RoleFacts { guid: r.guid, name: &r.role_name, permissions: &r.permissions },
                 scope: &scope,
                 position: 0,
+                remaining: None,
             };
             matches!(evaluate(&governing, PolicyMode::Require, &request), Verdict::Allowed { .. })
         };

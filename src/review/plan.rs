@@ -261,7 +261,14 @@ async fn plan_grant(
     let labels = namespace_labels(inputs.namespaces.get(&namespace), &namespace);
     let policies = crate::controller::index::governing(inputs.policies.iter(), &labels);
     let governing: Vec<Governing<'_>> = policies.iter().map(|(name, policy)| Governing { name, policy }).collect();
-    let assessment = match assess(caches, arm, &governing, inputs.policy_mode, &validated).await {
+    let timing = crate::controller::expiry::timing(
+        &grant.spec,
+        &validated,
+        &previous,
+        k8s_openapi::jiff::Timestamp::now(),
+        std::time::Duration::ZERO,
+    );
+    let assessment = match assess(caches, arm, &governing, inputs.policy_mode, &validated, timing).await {
         Ok(assessment) => assessment,
         Err(e) => {
             all_error(&mut out, e.reason, e.message);

@@ -15,8 +15,15 @@ use serde_json::{Value, json};
 use crate::Case;
 use crate::cluster::{Env, Operator, RealCluster, Server, create_namespace, wait_until};
 
-const SCENARIOS: [&str; 6] =
-    ["lifecycle", "policy_triggers", "drift_healed", "two_replicas", "gitops_health", "brownfield_import"];
+const SCENARIOS: [&str; 7] = [
+    "lifecycle",
+    "policy_triggers",
+    "drift_healed",
+    "two_replicas",
+    "gitops_health",
+    "brownfield_import",
+    "time_bound",
+];
 /// Deadline for what must happen "within seconds".
 const SECONDS: Duration = Duration::from_secs(10);
 const LABEL: &str = "dbx-operator.io/scenario";
@@ -49,6 +56,8 @@ pub fn cases(real: Option<Arc<RealCluster>>) -> Vec<Case> {
         cases.push(Case::new(format!("{label}/gitops_health"), t, move || gitops_health(s)));
         let s = server.clone();
         cases.push(Case::new(format!("{label}/brownfield_import"), t, move || brownfield_import(s)));
+        let s = server.clone();
+        cases.push(Case::new(format!("{label}/time_bound"), t, move || time_bound(s)));
     }
     if let Some(real) = real {
         cases.push(Case::new("real/chart_rbac_exact", Duration::from_secs(30), move || chart_rbac_exact(real)));
@@ -781,4 +790,109 @@ async fn brownfield_import(server: Server) {
     gitops_agrees(&env).await;
     let exit = operator.stop().await;
     assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+}
+
+/// Time-bound access, with `--resync-interval 1h` so only the expiry timer can act:
+/// - a GrantPolicy's `maxDuration` denies an entry without an expiry;
+/// - an entry is removed within seconds of its `expiresAt` and reads `Expired` (the grant
+///   `Ready=True` with reason `Expired`, an `Expired` Event);
+/// - extended after its end it is assigned again; extended a moment before its end, nothing is
+///   removed;
+/// - with the operator down across an end, the assignment is removed on start and the Event
+///   says how late.
+async fn time_bound(server: Server) {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let env = Env::new(server, "time_bound").await;
+    let estate = env.sandbox.estate.clone();
+    let ns = team_namespace(&env).await;
+    let mut limited = policy_object(&env, &env.id, &["Reader"], &[]);
+    limited.spec.max_duration = Some("1h".into());
+    Api::<GrantPolicy>::all(env.admin.clone()).create(&PostParams::default(), &limited).await.expect("policy");
+    let resync = ["--resync-interval", "1h"];
+    let operator = env.operator("replica-0", &[&ns], &resync);
+    let api = env.grants(&ns);
+    let (ws, rg) = (&estate.workspaces[0], &estate.scopes.resource_group);
+    let principal = ws.managed_identity_principal_id.clone();
+    let in_seconds = |s: i64| Timestamp::from_second(Timestamp::now().as_second() + s).expect("time");
+    let set_end = |end: Timestamp| {
+        let api = api.clone();
+        async move {
+            api.patch("backfill", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"expiresAt": end.to_string()}})))
+                .await
+                .expect("patch");
+        }
+    };
+    let next_expiry_is = |end: Timestamp| {
+        let api = api.clone();
+        async move {
+            wait_until(&format!("nextExpiry {end}"), SECONDS, || async {
+                let g = api.get("backfill").await.map_err(|e| e.to_string())?;
+                let next = g.status.as_ref().and_then(|s| s.next_expiry.as_ref()).map(|t| t.0);
+                if current(&g) && next == Some(end) { Ok(()) } else { Err(describe(&g)) }
+            })
+            .await;
+        }
+    };
+
+    let forever = json!({"identity": {"workspace": {"resourceId": ws.id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("forever", forever)).await.expect("create");
+    ready_is(&api, "forever", "False", Some("DurationNotAllowed"), SECONDS).await;
+
+    let end = in_seconds(8);
+    let spec = json!({"identity": {"workspace": {"resourceId": ws.id}}, "expiresAt": end.to_string(),
+                      "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("backfill", spec)).await.expect("create");
+    ready_is(&api, "backfill", "True", Some("Ready"), SECONDS).await;
+    let g = api.get("backfill").await.expect("get");
+    let entry = &g.status.as_ref().expect("status").role_assignments[0];
+    assert_eq!(entry.reason.as_deref(), Some("ExpiringSoon"), "within the 1 h warning: {}", describe(&g));
+    assert_eq!(entry.expires_at.as_ref().map(|t| t.0), Some(end));
+    assert!(env.holds(&principal, "Reader", rg));
+    holds_within(&env, &principal, "Reader", rg, false, Duration::from_secs(8) + SECONDS).await;
+    let late = Timestamp::now().duration_since(end);
+    assert!(late <= SignedDuration::from_secs(4), "removed {late:?} after expiresAt");
+    ready_is(&api, "backfill", "True", Some("Expired"), SECONDS).await;
+    let g = api.get("backfill").await.expect("get");
+    let entry = &g.status.as_ref().expect("status").role_assignments[0];
+    assert_eq!(entry.state, AssignmentState::Expired, "{}", describe(&g));
+    assert!(entry.removed_at.is_some(), "{}", describe(&g));
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.admin.clone(), &ns);
+    let expired_events = || async {
+        let list = events.list(&Default::default()).await.expect("events").items;
+        list.into_iter().filter(|e| e.reason.as_deref() == Some("Expired")).filter_map(|e| e.note).collect::<Vec<_>>()
+    };
+    assert_eq!(expired_events().await.len(), 1, "{:?}", expired_events().await);
+
+    // Extended after its end: assigned again.
+    let end = in_seconds(1800);
+    set_end(end).await;
+    holds_within(&env, &principal, "Reader", rg, true, SECONDS).await;
+    ready_is(&api, "backfill", "True", Some("Ready"), SECONDS).await;
+
+    // Extended a moment before its end: the status still shows the old end when it passes.
+    let soon = in_seconds(6);
+    set_end(soon).await;
+    next_expiry_is(soon).await;
+    set_end(end).await;
+    tokio::time::sleep(Duration::from_secs(soon.as_second().saturating_sub(Timestamp::now().as_second()).max(0) as u64 + 3))
+        .await;
+    assert!(env.holds(&principal, "Reader", rg), "an extension written before the end was undone");
+    next_expiry_is(end).await;
+
+    // The operator down across an end: removed on start, and the Event says how late.
+    let end = in_seconds(4);
+    set_end(end).await;
+    next_expiry_is(end).await;
+    assert!(operator.stop().await.is_some_and(|e| e.success()));
+    tokio::time::sleep(Duration::from_secs(4 + 17)).await;
+    assert!(env.holds(&principal, "Reader", rg), "nothing may remove it while the operator is down");
+    let _operator = env.operator("replica-1", &[&ns], &resync);
+    holds_within(&env, &principal, "Reader", rg, false, SECONDS).await;
+    ready_is(&api, "backfill", "True", Some("Expired"), SECONDS).await;
+    wait_until("an Expired Event saying how late", SECONDS, || async {
+        let notes = expired_events().await;
+        if notes.iter().any(|n| n.contains(" s late")) { Ok(()) } else { Err(format!("{notes:?}")) }
+    })
+    .await;
+    gitops_agrees(&env).await;
 }

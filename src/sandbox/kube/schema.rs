@@ -6,7 +6,7 @@
 //! `Too long`, `Invalid value`) so tests read like real refusals. Unknown fields are not errors:
 //! the API server prunes them (see [`prune_unknown_fields`]).
 //!
-//! Not covered (documented in docs/sandbox.md): `format` checks other than what the types imply,
+//! `format: date-time` is checked too. Not covered (documented in docs/sandbox.md): other `format`s,
 //! `x-kubernetes-int-or-string`, `allOf`/`anyOf`/`oneOf`/`not`, and `x-kubernetes-list-type`
 //! uniqueness.
 
@@ -85,6 +85,12 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<SchemaError
                 && len < min
             {
                 push(format!("Invalid value: {}: {path} in body should be at least {min} chars long", short(value)));
+            }
+            // The one `format` our CRDs use; the API server checks it (RFC 3339).
+            if schema.get("format").and_then(Value::as_str) == Some("date-time")
+                && s.parse::<k8s_openapi::jiff::Timestamp>().is_err()
+            {
+                push(format!("Invalid value: \"{s}\": {path} in body must be of type date-time: \"{s}\""));
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
                 match regex::Regex::new(pattern) {
