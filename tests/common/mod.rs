@@ -49,6 +49,17 @@ pub async fn harness_watching(state: StateConfig, namespaces: Vec<String>) -> Ha
 /// `policy_mode`: the reconciler tests use Permissive (they are about reconciliation);
 /// the policy tests use Require.
 pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mode: PolicyMode) -> Harness {
+    harness_resyncing(state, namespaces, policy_mode, Duration::from_secs(2)).await
+}
+
+/// A harness whose grants resync every `resync` (what must happen "within seconds" is tested
+/// with a long one, so a resync cannot stand in for it).
+pub async fn harness_resyncing(
+    state: StateConfig,
+    namespaces: Vec<String>,
+    policy_mode: PolicyMode,
+    resync: Duration,
+) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut options = SandboxOptions::new(dir.path().to_owned());
     options.arm_state = state;
@@ -81,7 +92,7 @@ pub async fn harness_with(state: StateConfig, namespaces: Vec<String>, policy_mo
         client.clone(),
         ArmClients::new(settings, operator),
         ControllerSettings {
-            resync_interval: Duration::from_secs(2),
+            resync_interval: resync,
             slow_retry: Duration::from_secs(2),
             cache_ttl: Duration::from_secs(2),
             namespaces,

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::common::*;
 use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ProviderLimit, ThrottleConfig};
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
+use dbx_identity_operator::api::AssignmentState;
+use dbx_identity_operator::policy::evaluate::PolicyMode;
 use dbx_identity_operator::sandbox::kube::KubeFaults;
 use serde_json::json;
 
@@ -89,6 +91,81 @@ async fn throttling_storm_is_paced() {
     );
     assert!(throttled * 10 <= total, "{throttled} of {total} requests were 429s: the operator is not pacing");
     h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
+/// Removals at expiry are not starved by creates: with ARM letting one PUT through every two
+/// seconds, 42 creates hold every request slot of the subscription and fill the controller's
+/// queue, and an expiring assignment is still removed within seconds of its `expiresAt`
+/// (resync 1 h, so only the expiry path can do it). DELETEs have their own ARM bucket.
+#[tokio::test]
+async fn removals_at_expiry_are_not_starved_by_creates_under_throttling() {
+    let _scenario = crate::common::scenario("Faults: ARM", "429s on writes: an expiry still removes on time");
+    let h = harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, Duration::from_secs(3600))
+        .await;
+    let ends = k8s_openapi::jiff::Timestamp::now().as_second() + 15;
+    let ends = k8s_openapi::jiff::Timestamp::from_second(ends).expect("time");
+    let mut temporary = grant("temporary", h.connector_identity(), json!([{"role": "Reader", "scope": rg("rg-lake")}]));
+    temporary.spec.expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ends));
+    h.apply(&temporary).await;
+    h.ready("temporary").await;
+    let held = |h: &Harness| h.tuples().len();
+    let before = held(&h);
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig {
+        enabled: true,
+        reads: Bucket { burst: 200.0, per_second: 50.0 },
+        writes: Bucket { burst: 1.0, per_second: 0.5 },
+        deletes: Bucket { burst: 10.0, per_second: 2.0 },
+        providers: Vec::new(),
+    });
+    let sc = &h.sandbox.estate.scopes;
+    let scopes = [
+        rg("rg-analytics"),
+        rg("rg-lake"),
+        rg("rg-security"),
+        rg("rg-streaming"),
+        sc.storage_account.clone(),
+        sc.key_vault.clone(),
+        sc.event_hub_namespace.clone(),
+    ];
+    let mut names = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        for ws in 0..2 {
+            let name = format!("storm-{i}-{ws}");
+            let roles: Vec<_> = ["Reader", "Storage Blob Data Contributor", "Key Vault Secrets User"]
+                .iter()
+                .map(|role| json!({"role": role, "scope": scope}))
+                .collect();
+            h.apply(&grant(&name, h.workspace_identity(ws), json!(roles))).await;
+            names.push(name);
+        }
+    }
+    // Wait for the end, then for the temporary grant's assignment to go.
+    let until_end = ends.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    tokio::time::sleep(Duration::from_secs(until_end.max(0) as u64)).await;
+    assert!(h.sandbox.arm.emulator.count("PutRoleAssignment") < 42, "the storm was over before the expiry");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let removed = loop {
+        let connector = h.sandbox.estate.access_connectors[0].principal_id.clone().unwrap_or_default();
+        let holds = h.tuples().iter().any(|(_, _, p)| p.eq_ignore_ascii_case(&connector));
+        if !holds {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let late = k8s_openapi::jiff::Timestamp::now().duration_since(ends);
+    println!("expiry under a write storm: removed={removed}, {late:?} after expiresAt; {} assignments before", before);
+    assert!(removed, "the expired assignment was still in Azure 5 s after expiresAt");
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
+    all_ready_within(&h, &names, Duration::from_secs(60)).await;
+    h.wait_for("temporary", "every entry Expired", |g| {
+        g.status.as_ref().is_some_and(|s| s.role_assignments.iter().all(|e| e.state == AssignmentState::Expired))
+    })
+    .await;
     h.assert_invariant(&[]).await;
     h.stop().await;
 }
