@@ -389,6 +389,8 @@ mod tests {
             "drift_corrections_total",
             "managed_role_assignments",
             "grants",
+            "assignments_expiring",
+            "expiry_removals_total",
             "leader",
             "build_info",
         ] {

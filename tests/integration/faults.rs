@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use crate::common::*;
-use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ProviderLimit, ThrottleConfig};
-use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::api::AssignmentState;
 use dbx_identity_operator::policy::evaluate::PolicyMode;
+use dbx_identity_operator::sandbox::arm::throttle::{Bucket, ProviderLimit, ThrottleConfig};
+use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::sandbox::kube::KubeFaults;
 use serde_json::json;
 
@@ -102,8 +102,8 @@ async fn throttling_storm_is_paced() {
 #[tokio::test]
 async fn removals_at_expiry_are_not_starved_by_creates_under_throttling() {
     let _scenario = crate::common::scenario("Faults: ARM", "429s on writes: an expiry still removes on time");
-    let h = harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, Duration::from_secs(3600))
-        .await;
+    let h =
+        harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, Duration::from_secs(3600)).await;
     let ends = k8s_openapi::jiff::Timestamp::now().as_second() + 15;
     let ends = k8s_openapi::jiff::Timestamp::from_second(ends).expect("time");
     let mut temporary = grant("temporary", h.connector_identity(), json!([{"role": "Reader", "scope": rg("rg-lake")}]));

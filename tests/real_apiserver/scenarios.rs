@@ -817,9 +817,13 @@ async fn time_bound(server: Server) {
     let set_end = |end: Timestamp| {
         let api = api.clone();
         async move {
-            api.patch("backfill", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"expiresAt": end.to_string()}})))
-                .await
-                .expect("patch");
+            api.patch(
+                "backfill",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"expiresAt": end.to_string()}})),
+            )
+            .await
+            .expect("patch");
         }
     };
     let next_expiry_is = |end: Timestamp| {
@@ -834,9 +838,27 @@ async fn time_bound(server: Server) {
         }
     };
 
-    let forever = json!({"identity": {"workspace": {"resourceId": ws.id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    let forever =
+        json!({"identity": {"workspace": {"resourceId": ws.id}}, "roleAssignments": [{"role": "Reader", "scope": rg}]});
     api.create(&PostParams::default(), &grant("forever", forever)).await.expect("create");
     ready_is(&api, "forever", "False", Some("DurationNotAllowed"), SECONDS).await;
+
+    // activeFor counts from the first assignment, recorded in status, and survives a restart.
+    let window = json!({"identity": {"accessConnector": {"resourceId": estate.access_connectors[0].id}},
+                        "activeFor": "10m", "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("window", window)).await.expect("create");
+    ready_is(&api, "window", "True", Some("Ready"), SECONDS).await;
+    let window_clock = |g: &DatabricksIdentityGrant| {
+        let e = &g.status.as_ref().expect("status").role_assignments[0];
+        (e.assigned_at.as_ref().map(|t| t.0), e.expires_at.as_ref().map(|t| t.0))
+    };
+    let (assigned_at, window_end) = window_clock(&api.get("window").await.expect("get"));
+    assert_eq!(window_end, assigned_at.map(|a| a + SignedDuration::from_mins(10)), "activeFor from assignedAt");
+    wait_until("the expiring gauge counts the window", SECONDS, || async {
+        let n = metric(&operator, "dbx_identity_operator_assignments_expiring{within=\"1h\"}").await;
+        if n >= 1.0 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
 
     let end = in_seconds(8);
     let spec = json!({"identity": {"workspace": {"resourceId": ws.id}}, "expiresAt": end.to_string(),
@@ -874,8 +896,10 @@ async fn time_bound(server: Server) {
     set_end(soon).await;
     next_expiry_is(soon).await;
     set_end(end).await;
-    tokio::time::sleep(Duration::from_secs(soon.as_second().saturating_sub(Timestamp::now().as_second()).max(0) as u64 + 3))
-        .await;
+    tokio::time::sleep(Duration::from_secs(
+        soon.as_second().saturating_sub(Timestamp::now().as_second()).max(0) as u64 + 3,
+    ))
+    .await;
     assert!(env.holds(&principal, "Reader", rg), "an extension written before the end was undone");
     next_expiry_is(end).await;
 
@@ -889,6 +913,11 @@ async fn time_bound(server: Server) {
     let _operator = env.operator("replica-1", &[&ns], &resync);
     holds_within(&env, &principal, "Reader", rg, false, SECONDS).await;
     ready_is(&api, "backfill", "True", Some("Expired"), SECONDS).await;
+    assert_eq!(
+        window_clock(&api.get("window").await.expect("get")),
+        (assigned_at, window_end),
+        "kept across the restart"
+    );
     wait_until("an Expired Event saying how late", SECONDS, || async {
         let notes = expired_events().await;
         if notes.iter().any(|n| n.contains(" s late")) { Ok(()) } else { Err(format!("{notes:?}")) }
