@@ -472,7 +472,7 @@ fn decide_expired(inputs: &Inputs<'_>, the_plan: &super::plan::Plan, d: &mut Dec
                     d.expiring.push((index, k, at));
                 }
                 // Settled by the removal's outcome in `report`.
-                Ending::RemovalFailed("not yet attempted".into())
+                Ending::Removing
             }
             _ if deleting => Ending::RemovalPlanned,
             _ if released => Ending::StillWanted,

@@ -173,6 +173,8 @@ pub fn annotate(
 /// How an expired entry's assignment was dealt with, for its status and Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
+    /// To be removed by this reconcile (settled by the outcome).
+    Removing,
     /// Removed from Azure now.
     Removed,
     /// Removed by an earlier reconcile (or the sweeper) at this time.
@@ -198,6 +200,7 @@ pub fn expired_entry(
     entry.reason = Some(Reason::Expired.code().to_owned());
     entry.expires_at = Some(Time(at));
     entry.message = Some(match ending {
+        Ending::Removing => format!("access ended at {at}; its role assignment is removed"),
         Ending::Removed => {
             entry.removed_at = Some(Time(now));
             format!("access ended at {at}; its role assignment was removed at {now}")

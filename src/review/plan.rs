@@ -48,6 +48,10 @@ pub enum Change {
         message: String,
     },
     Unchanged,
+    /// Past its `expiresAt`: not wanted any more (its removal, if any, is a `Remove` line).
+    Expired {
+        message: String,
+    },
 }
 
 impl Change {
@@ -66,6 +70,7 @@ impl Change {
             Change::Denied { .. } => "! denied   ",
             Change::Error { .. } => "! error    ",
             Change::Unchanged => "  unchanged",
+            Change::Expired { .. } => "  expired  ",
         }
     }
 }
@@ -152,6 +157,7 @@ impl PlanReport {
                     Change::Denied { reason, message } | Change::Error { reason, message } => {
                         format!(": {reason}: {message}")
                     }
+                    Change::Expired { message } => format!(": {message}"),
                     _ => String::new(),
                 };
                 let _ = writeln!(out, "  {} {}{detail}", e.change.symbol(), e.subject);
@@ -210,7 +216,7 @@ pub async fn plan(arm: &ArmClient, inputs: PlanInputs<'_>) -> PlanReport {
                 Change::Remove { .. } => s.remove += 1,
                 Change::Denied { .. } => s.denied += 1,
                 Change::Error { .. } => s.errors += 1,
-                Change::Unchanged => s.unchanged += 1,
+                Change::Unchanged | Change::Expired { .. } => s.unchanged += 1,
             }
         }
         report.grants.push(planned);
@@ -334,6 +340,7 @@ pub fn entries_of(
                             if already { Change::Unchanged } else { Change::Adopt { existing } }
                         }
                         AssignmentState::Denied => Change::Denied { reason, message },
+                        AssignmentState::Expired => Change::Expired { message },
                         _ => Change::Error { reason, message },
                     }
                 }
