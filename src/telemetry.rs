@@ -227,6 +227,8 @@ pub fn arm_operation(method: &str, path: &str) -> &'static str {
     let lower = path.to_ascii_lowercase();
     let last = |suffix: &str| lower.ends_with(suffix);
     match method {
+        "PUT" if lower.contains("/roleassignmentschedulerequests/") => "PutRoleAssignmentScheduleRequest",
+        "GET" if last("/providers/microsoft.authorization/roleassignmentschedules") => "ListRoleAssignmentSchedules",
         "PUT" if lower.contains("/roleassignments/") => "PutRoleAssignment",
         "DELETE" if lower.contains("/roleassignments/") => "DeleteRoleAssignment",
         "GET" if last("/providers/microsoft.authorization/roleassignments") => "ListRoleAssignments",

@@ -34,7 +34,10 @@ use super::rules::*;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(LIFETIME_EXCLUSIVE_RULE).message(LIFETIME_EXCLUSIVE_MSG))]
+#[x_kube(
+    validation = Rule::new(LIFETIME_EXCLUSIVE_RULE).message(LIFETIME_EXCLUSIVE_MSG),
+    validation = Rule::new(PIM_NEEDS_EXPIRY_RULE).message(PIM_NEEDS_EXPIRY_MSG)
+)]
 pub struct DatabricksIdentityGrantSpec {
     /// The Azure identity that receives the roles. Set exactly one of `workspace`,
     /// `accessConnector` or `principal`.
@@ -78,6 +81,32 @@ pub struct DatabricksIdentityGrantSpec {
     #[schemars(length(max = MAX_DURATION_LEN))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(ACTIVE_FOR_MSG))]
     pub active_for: Option<String>,
+
+    /// Who ends time-bound access. `Operator` (default): the operator removes each assignment
+    /// at its end (within seconds; after a restart, at once). `AzurePIM`: each entry is made an
+    /// active assignment through Azure Privileged Identity Management
+    /// (`roleAssignmentScheduleRequests`) with the entry's end, so Azure ends access on time even
+    /// while the operator is down; every entry then needs an expiry. Where Azure refuses PIM
+    /// (no licence, or not for this principal type) the entry falls back to `Operator`, with a
+    /// Warning Event and a note in its status; where the role's PIM policy refuses the request
+    /// (e.g. a longer duration than it allows) the entry fails with reason `PimPolicyRefused`.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+
+    /// Why the access is needed, sent to Azure PIM with each request (`AzurePIM` only; default:
+    /// the grant's namespace and name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub justification: Option<String>,
+}
+
+/// Who ends time-bound access.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Enforcement {
+    #[default]
+    Operator,
+    #[serde(rename = "AzurePIM")]
+    AzurePim,
 }
 
 /// Which Azure identity receives the roles. Exactly one field must be set.
@@ -311,6 +340,27 @@ pub struct DatabricksIdentityGrantStatus {
     /// The soonest `expiresAt` among entries not yet expired (the `Expires` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_expiry: Option<Time>,
+
+    /// Azure PIM schedules this grant made (`enforcement: AzurePIM`): ended early through PIM
+    /// when the grant stops wanting them or is deleted; Azure ends them at their end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_schedules: Vec<ManagedSchedule>,
+}
+
+/// An Azure PIM schedule a grant made.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedSchedule {
+    /// ARM id of the `roleAssignmentSchedules` resource.
+    pub schedule_id: String,
+    /// Its scope.
+    pub scope: String,
+    /// Its roleDefinitionId.
+    pub role_definition_id: String,
+    /// Its principal.
+    pub principal_id: String,
+    /// When Azure ends it.
+    pub end: Time,
 }
 
 /// The resolved principal.
@@ -366,6 +416,10 @@ pub struct RoleAssignmentStatus {
     /// When the operator removed the expired entry's assignment from Azure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_at: Option<Time>,
+    /// Who ends this entry's access: `AzurePIM` once Azure PIM holds it, `Operator` when it is
+    /// enforced by the operator (the default, or PIM's fallback; the message says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_by: Option<Enforcement>,
 }
 
 /// Lifecycle state of one desired assignment.

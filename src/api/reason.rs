@@ -83,6 +83,8 @@ reasons!(
     // Time-bound access.
     Expired,
     ExpiringSoon,
+    PimUnavailable,
+    PimPolicyRefused,
     // The grant itself.
     InvalidSpec,
     CredentialError,
@@ -156,7 +158,7 @@ impl Reason {
             | Expired
             | ExpiringSoon => Health::Healthy,
             Pending | OutOfSync | CreatePlanned | UpdatePlanned | ChangesPlanned | RemovalPending
-            | PrincipalNotFound | TooManyRequests | AzureUnavailable => Health::Progressing,
+            | PrincipalNotFound | TooManyRequests | AzureUnavailable | PimUnavailable => Health::Progressing,
             // The spec, the identity, a role or scope, Azure's refusals, policy denials, cleanup.
             _ => Health::NeedsAttention,
         }
@@ -184,9 +186,8 @@ impl Reason {
     pub const fn retry(self) -> Retry {
         use Reason::*;
         match self {
-            Pending | OutOfSync | RemovalPending | PrincipalNotFound | TooManyRequests | AzureUnavailable => {
-                Retry::Soon
-            }
+            Pending | OutOfSync | RemovalPending | PrincipalNotFound | TooManyRequests | AzureUnavailable
+            | PimUnavailable => Retry::Soon,
             ConflictingGrant | InvalidSpec | InvalidPolicy => Retry::OnChange,
             _ if self.is_policy_denial() => Retry::OnChange,
             _ => match self.health() {
@@ -210,6 +211,8 @@ impl Reason {
             Adopted
             | Expired
             | ExpiringSoon
+            | PimUnavailable
+            | PimPolicyRefused
             | ConflictingGrant
             | DataRoleOnWorkspaceIdentity
             | InvalidSpec
@@ -291,6 +294,12 @@ impl Reason {
             }
             ExpiringSoon => {
                 "the entry is in place and its access ends within the warning window (`--expiry-warning`, 1 h by default); also an Event once"
+            }
+            PimUnavailable => {
+                "`enforcement: AzurePIM`: Azure refused the PIM request for a reason other than the role's PIM policy (no Entra ID P2/Governance licence, a principal type PIM does not take, a schedule under 5 minutes), so the entry falls back to operator enforcement (`enforcedBy: Operator`); also a Warning Event"
+            }
+            PimPolicyRefused => {
+                "`enforcement: AzurePIM`: the role's PIM policy refused the request (`RoleAssignmentRequestPolicyValidationFailed`, e.g. its `ExpirationRule`); not worked around"
             }
             InvalidSpec => {
                 "the spec fails validation (the message names the field); also a grant stored past admission with a value of the wrong type: it is watched untyped, so one such grant never stalls the others. Nothing is sent to Azure"
@@ -385,6 +394,10 @@ impl Reason {
             | PolicyDenied => "change the grant or ask the platform team for a policy change",
             DurationNotAllowed => "set `expiresAt` or `activeFor` within the policy's `maxDuration`",
             ExpiringSoon => "extend `expiresAt` / `activeFor` if access is still needed",
+            PimUnavailable => {
+                "nothing (the operator ends access); for PIM, license PIM or use enforcement Operator for this principal"
+            }
+            PimPolicyRefused => "shorten the expiry to what the role's PIM policy allows, or change that policy",
             Expired => "nothing; set a later `expiresAt` to assign it again",
             ConflictingGrant => "align the conditions or delete one grant",
             CleanupFailed => "fix the cause; as a last resort remove the finalizer (assignments then stay in Azure)",

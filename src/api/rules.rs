@@ -108,6 +108,10 @@ pub const ACTIVE_FOR_MSG: &str =
 pub const MAX_DURATION_MSG: &str =
     "maxDuration must be a duration of at least 5m written with the units h, m and s, e.g. 8h or 720h";
 
+pub const PIM_NEEDS_EXPIRY_RULE: &str = "!has(self.enforcement) || self.enforcement != 'AzurePIM' || has(self.expiresAt) || has(self.activeFor) || self.roleAssignments.all(r, has(r.expiresAt) || has(r.activeFor))";
+pub const PIM_NEEDS_EXPIRY_MSG: &str =
+    "enforcement AzurePIM needs an expiry: set expiresAt or activeFor on the grant or on every entry";
+
 pub const CREDENTIAL_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')";
 pub const CREDENTIAL_NAME_MSG: &str = "azureCredentialRef.name must be a Secret name (lower-case DNS subdomain)";
 

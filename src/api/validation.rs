@@ -146,6 +146,9 @@ pub struct ValidatedGrant {
     pub management_policy: ManagementPolicy,
     /// Name of the credential Secret in the grant's namespace, if any.
     pub credential_secret: Option<String>,
+    /// Who ends time-bound access.
+    pub enforcement: Enforcement,
+    pub justification: Option<String>,
 }
 
 /// Deserializes a spec from JSON (e.g. an object read without admission), reporting type
@@ -230,6 +233,22 @@ pub fn validate_grant_spec(spec: &DatabricksIdentityGrantSpec) -> Result<Validat
         }
     }
 
+    if spec.enforcement == Enforcement::AzurePim {
+        for (i, ra) in assignments.iter().enumerate() {
+            if ra.lifetime.is_none() {
+                c.push(format!("spec.roleAssignments[{i}]"), PIM_NEEDS_EXPIRY_MSG);
+            }
+        }
+    }
+    if let Some(j) = &spec.justification
+        && j.chars().count() > 500
+    {
+        c.push(
+            "spec.justification",
+            format!("justification is {} characters long; the limit is 500", j.chars().count()),
+        );
+    }
+
     let credential_secret = spec.azure_credential_ref.as_ref().map(|r| r.name.clone());
     if let Some(name) = &credential_secret
         && !is_dns_subdomain(name)
@@ -247,6 +266,8 @@ pub fn validate_grant_spec(spec: &DatabricksIdentityGrantSpec) -> Result<Validat
         deletion_policy: spec.deletion_policy,
         management_policy: spec.management_policy,
         credential_secret,
+        enforcement: spec.enforcement,
+        justification: spec.justification.clone(),
     })
 }
 

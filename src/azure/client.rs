@@ -318,6 +318,30 @@ impl ArmClient {
         parse(response).map(|assignment| (assignment, created))
     }
 
+    /// PUT a PIM role assignment schedule request (`AdminAssign`, `AdminUpdate`, `AdminRemove`).
+    pub async fn put_schedule_request(
+        &self,
+        scope: &ResourceId,
+        name: &str,
+        properties: ScheduleRequestProperties,
+    ) -> Result<ScheduleRequest, ArmError> {
+        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}");
+        let body = serde_json::to_vec(&serde_json::json!({ "properties": properties }))
+            .map_err(|e| ArmError::Other { status: 0, code: "SerializationFailed".into(), message: e.to_string() })?;
+        self.call(Method::Put, self.url(&path, api_version::PIM, None)?, Some(body)).await
+    }
+
+    /// The principal's active PIM assignments at, above and below `scope`.
+    pub async fn list_role_assignment_schedules(
+        &self,
+        scope: &ResourceId,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignmentSchedule>, ArmError> {
+        let path = format!("{scope}/providers/Microsoft.Authorization/roleAssignmentSchedules");
+        let filter = format!("principalId eq '{}'", principal_id.replace('\'', "''"));
+        self.list(self.url(&path, api_version::PIM, Some(&filter))?).await
+    }
+
     /// DELETE a role assignment. `Ok(false)` when it was already gone (204).
     pub async fn delete_role_assignment(&self, scope: &ResourceId, name: &str) -> Result<bool, ArmError> {
         let path = RoleAssignmentId::new(scope.clone(), name).to_string();

@@ -12,6 +12,8 @@ pub mod api_version {
     pub const MANAGED_IDENTITY: &str = "2026-05-31";
     /// `Microsoft.Resources` subscriptions (list only: which subscriptions an audit covers).
     pub const SUBSCRIPTIONS: &str = "2022-12-01";
+    /// PIM for Azure resource roles (`roleAssignmentScheduleRequests`, `…Schedules`, `…Instances`).
+    pub const PIM: &str = "2020-10-01";
 }
 
 /// One entry of `GET /subscriptions` (Microsoft.Resources).
@@ -189,4 +191,91 @@ pub struct ListResult<T> {
     pub value: Vec<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
+}
+
+/// A PIM role assignment schedule request (`roleAssignmentScheduleRequests`, api-version
+/// 2020-10-01): the body of a PUT and the answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleRequestProperties {
+    pub principal_id: String,
+    pub role_definition_id: String,
+    /// `AdminAssign`, `AdminUpdate`, `AdminRemove`, …
+    pub request_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_info: Option<ScheduleInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_version: Option<String>,
+    /// In the answer: `Provisioned`, `Revoked`, `PendingApproval`, …
+    #[serde(default, skip_serializing)]
+    pub status: Option<String>,
+    /// In the answer: the schedule it made or changed.
+    #[serde(default, skip_serializing)]
+    pub target_role_assignment_schedule_id: Option<String>,
+}
+
+/// When a PIM assignment starts and ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<ScheduleExpiration>,
+}
+
+/// `AfterDateTime` (with `endDateTime`), `AfterDuration` (with an ISO 8601 `duration`) or
+/// `NoExpiration`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleExpiration {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleRequest {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub properties: ScheduleRequestProperties,
+}
+
+/// An active PIM assignment (`roleAssignmentSchedules`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleAssignmentSchedule {
+    pub id: String,
+    pub name: String,
+    pub properties: RoleAssignmentScheduleProperties,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleAssignmentScheduleProperties {
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub role_definition_id: Option<String>,
+    #[serde(default)]
+    pub principal_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub start_date_time: Option<String>,
+    #[serde(default)]
+    pub end_date_time: Option<String>,
+    /// The request that made (or last changed) it.
+    #[serde(default)]
+    pub role_assignment_schedule_request_id: Option<String>,
 }

@@ -95,7 +95,7 @@ pub(super) fn spawn_expiry_sweeper(ctx: Arc<Context>, shutdown: tokio::sync::wat
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = stopped.clone() => break,
             }
-            let now = Timestamp::now();
+            let now = ctx.clock.now();
             let grants = ctx.index.grants();
             for (i, n) in expiry::expiring_counts(&grants, now).into_iter().enumerate() {
                 let within = expiry::EXPIRING_WINDOWS[i].0;
@@ -145,7 +145,7 @@ async fn remove_expired(ctx: Arc<Context>, grant: Arc<DatabricksIdentityGrant>, 
                 info!(grant = %key, assignment = %id, expired_at = %due.ends, "access ended: role assignment removed");
                 // The Event is sent by whoever removed it (a reconcile may have been first).
                 if confirmed {
-                    let event = expiry::removed_event(&due.role, &due.scope, due.ends, Timestamp::now());
+                    let event = expiry::removed_event(&due.role, &due.scope, due.ends, ctx.clock.now());
                     super::reconcile::publish(&grant, &ctx, vec![event]).await;
                 }
             }

@@ -254,6 +254,8 @@ pub struct Decision {
     pub timing: Timing,
     /// Expired entries whose assignment is among `removals`: `(index, assignment key, expiry)`.
     pub expiring: Vec<(usize, String, k8s_openapi::jiff::Timestamp)>,
+    /// Removals outside `removals` that failed and are retried (Azure PIM's early ends).
+    pub pending_elsewhere: Vec<String>,
 }
 
 /// A status entry for spec entry `index`.
@@ -277,6 +279,7 @@ pub fn entry(
         expires_at: None,
         assigned_at: None,
         removed_at: None,
+        enforced_by: None,
     }
 }
 
@@ -310,6 +313,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         retry: RetryClass::Resync,
         timing: inputs.timing.clone(),
         expiring: Vec::new(),
+        pending_elsewhere: Vec::new(),
     };
     decide_identity(inputs, &mut d);
     decide_roles(inputs, &mut d);
@@ -476,6 +480,10 @@ fn decide_expired(inputs: &Inputs<'_>, the_plan: &super::plan::Plan, d: &mut Dec
             }
             _ if deleting => Ending::RemovalPlanned,
             _ if released => Ending::StillWanted,
+            _ if before.as_ref().is_some_and(|b| b.enforced_by == Some(crate::api::Enforcement::AzurePim)) => {
+                d.entries[index] = Some(super::pim::ended_by_azure(carried, at));
+                continue;
+            }
             Some(AssignmentState::Adopted) => Ending::Adopted,
             Some(AssignmentState::Expired) => {
                 // Already settled by an earlier reconcile: kept as it was.

@@ -106,6 +106,8 @@ impl Lenient for DatabricksIdentityGrant {
                 azure_credential_ref: None,
                 expires_at: None,
                 active_for: None,
+                enforcement: Default::default(),
+                justification: None,
             },
             // The operator's own record of what it created: needed to clean up on deletion.
             status: field(data, "status"),

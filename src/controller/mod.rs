@@ -22,6 +22,7 @@
 pub mod assess;
 mod background;
 pub mod claims;
+pub mod clock;
 pub mod concurrency;
 pub mod conditions;
 pub mod decide;
@@ -31,6 +32,7 @@ pub mod expiry;
 pub mod index;
 pub mod leader;
 pub mod lenient;
+pub mod pim;
 pub mod plan;
 pub mod policy_status;
 pub mod reconcile;
@@ -121,6 +123,8 @@ pub struct Context {
     pub events: events::EventPublisher,
     pub settings: ControllerSettings,
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The time expiry is judged by (see `clock.rs`).
+    pub clock: clock::Clock,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
     triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
     /// Set once the readiness probe runs (see [`spawn_readiness`]).
@@ -155,6 +159,7 @@ impl Context {
             backoff: retry::Backoff::new(settings.resync_interval, settings.slow_retry),
             settings,
             metrics,
+            clock: clock::Clock::default(),
             triggers: Mutex::default(),
             readiness: OnceLock::new(),
         }

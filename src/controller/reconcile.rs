@@ -21,11 +21,11 @@ use super::assess::assess;
 use super::conditions::{self, Decided};
 use super::decide;
 use super::events::GrantEvent;
-use super::expiry;
 use super::plan::Precedence;
 use super::report::{self, Report};
 use super::retry::RetryClass;
 use super::{Context, grant_key as key};
+use super::{expiry, pim};
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
 use crate::api::{DatabricksIdentityGrant, DatabricksIdentityGrantStatus, ManagementPolicy, Reason};
 use crate::azure::{ArmClient, RoleAssignmentId};
@@ -208,23 +208,54 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     let policies = ctx.index.governing_policies(&grant.namespace().unwrap_or_default());
     let governing: Vec<crate::policy::evaluate::Governing<'_>> =
         policies.iter().map(|(name, policy)| crate::policy::evaluate::Governing { name, policy }).collect();
-    let timing = expiry::timing(&grant.spec, &validated, &previous, Timestamp::now(), ctx.settings.expiry_warning);
-    let assessment = match assess(ctx.caches(), &arm, &governing, ctx.settings.policy_mode, &validated, timing).await {
-        Ok(assessment) => assessment,
-        Err(e) => {
-            let report = report::identity_failed(&grant.spec, &previous, &e);
-            let retry = report.retry;
-            persist(grant, grant.resource_version(), ctx, report, &previous).await?;
-            return Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)));
-        }
+    let timing = expiry::timing(&grant.spec, &validated, &previous, ctx.clock.now(), ctx.settings.expiry_warning);
+    let mut assessment =
+        match assess(ctx.caches(), &arm, &governing, ctx.settings.policy_mode, &validated, timing).await {
+            Ok(assessment) => assessment,
+            Err(e) => {
+                let report = report::identity_failed(&grant.spec, &previous, &e);
+                let retry = report.retry;
+                persist(grant, grant.resource_version(), ctx, report, &previous).await?;
+                return Ok(Action::requeue(ctx.backoff.after(&key(grant), retry)));
+            }
+        };
+    let enforce = validated.management_policy == ManagementPolicy::Enforce;
+    // Entries Azure PIM holds leave the ordinary plan, with the assignments PIM made for them.
+    let held_by_pim = if enforce {
+        let held = pim::held(&grant.spec, &validated, &previous, &assessment.timing);
+        let (by_pim, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut assessment.desired).into_iter().partition(|d| held.contains(&d.index));
+        assessment.desired = rest;
+        assessment.observed.retain(|o| !pim::carries(o, &by_pim));
+        by_pim
+    } else {
+        Vec::new()
     };
     let others = ctx.claims.others(grant.meta().uid.as_deref(), &assessment.relevant_names(&previous));
     let precedence = Precedence {
         created: grant.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         grant: key(grant),
     };
-    let enforce = validated.management_policy == ManagementPolicy::Enforce;
-    let decision = decide::decide(&assessment.inputs(&grant.spec, &previous, enforce, &others, &precedence));
+    let mut decision = decide::decide(&assessment.inputs(&grant.spec, &previous, enforce, &others, &precedence));
+    let schedules = if enforce && (!held_by_pim.is_empty() || !previous.managed_schedules.is_empty()) {
+        let justification = validated
+            .justification
+            .clone()
+            .unwrap_or_else(|| format!("dbx-identity-operator: DatabricksIdentityGrant {}", key(grant)));
+        let outcome =
+            pim::reconcile(&arm, &grant.spec, &previous, &held_by_pim, &assessment.timing, &justification).await;
+        for (index, entry) in outcome.entries {
+            if let Some(slot) = decision.entries.get_mut(index) {
+                *slot = Some(entry);
+            }
+        }
+        decision.events.extend(outcome.events);
+        decision.retry = decision.retry.worst(outcome.retry);
+        decision.pending_elsewhere.extend(outcome.pending);
+        outcome.schedules
+    } else {
+        previous.managed_schedules.clone()
+    };
 
     let mut previous = previous;
     let read_at = match &decision.intent {
@@ -236,12 +267,16 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         None => grant.resource_version(),
     };
     let executed = super::execute::execute(ctx, &arm, &decision).await;
-    let report = report::report(&grant.spec, &previous, decision, executed);
+    let mut report = report::report(&grant.spec, &previous, decision, executed);
+    report.status.managed_schedules = schedules;
+    if validated.enforcement == crate::api::Enforcement::AzurePim {
+        pim::mark_operator_enforced(&mut report.status, &previous);
+    }
     ctx.metrics.drift_corrections.inc_by(report.drift_corrected.unsigned_abs());
     let retry = report.retry;
     // The next time the status changes on its own (an entry's warning or its end), so neither
     // waits for a resync. The sweeper removes expired assignments; this records it.
-    let next_change = expiry::next_change(&report.status, Timestamp::now(), ctx.settings.expiry_warning);
+    let next_change = expiry::next_change(&report.status, ctx.clock.now(), ctx.settings.expiry_warning);
     persist(grant, read_at, ctx, report, &previous).await?;
     let after = ctx.backoff.after(&key(grant), retry);
     Ok(Action::requeue(next_change.map_or(after, |at| after.min(at + Duration::from_secs(1)))))
@@ -320,6 +355,8 @@ async fn persist(
                 "conditions",
                 "lastSyncTime",
                 "observedGeneration",
+                "nextExpiry",
+                "managedSchedules",
             ] {
                 map.entry(field).or_insert(Value::Null);
             }
@@ -369,6 +406,16 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
     let others = ctx.claims.others(grant.meta().uid.as_deref(), &relevant);
     let mut failures = Vec::new();
     let mut remaining = Vec::new();
+    // Azure PIM schedules it made and Azure has not ended yet: ended early.
+    let now = ctx.clock.now();
+    let mut schedules_left = Vec::new();
+    for schedule in previous.managed_schedules.iter().filter(|s| s.end.0 > now) {
+        let justification = format!("dbx-identity-operator: DatabricksIdentityGrant {} deleted", key(grant));
+        if let Err(e) = pim::end_early(&arm, schedule, &justification).await {
+            failures.push(format!("PIM schedule {}: {e}", schedule.schedule_id));
+            schedules_left.push(schedule.clone());
+        }
+    }
     for (text, id) in recorded {
         // Another live grant still wants it: it stays.
         if others.wanted.contains(&id.name().to_ascii_lowercase()) {
@@ -388,6 +435,7 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
     let status = DatabricksIdentityGrantStatus {
         managed_assignments: remaining,
         creating_assignments: Vec::new(),
+        managed_schedules: schedules_left,
         ..previous.clone()
     };
     let report = report::stopped(status, Reason::CleanupFailed, message.clone(), RetryClass::Slowly);

@@ -63,6 +63,7 @@ pub fn carried(previous: &DatabricksIdentityGrantStatus) -> DatabricksIdentityGr
     DatabricksIdentityGrantStatus {
         managed_assignments: previous.managed_assignments.clone(),
         creating_assignments: previous.creating_assignments.clone(),
+        managed_schedules: previous.managed_schedules.clone(),
         drift_corrections: previous.drift_corrections,
         ..Default::default()
     }
@@ -170,6 +171,7 @@ pub fn report(
     }
 
     let mut pending_removals: Vec<String> = decision.planned_removals.iter().map(RoleAssignmentId::key).collect();
+    pending_removals.extend(decision.pending_elsewhere.iter().cloned());
     for (id, outcome) in decision.removals.iter().zip(executed.removals) {
         let key = id.key();
         match outcome {

@@ -61,6 +61,7 @@ fn decision(step: Option<Step>, removals: Vec<RoleAssignmentId>, enforce: bool) 
         retry: RetryClass::Resync,
         timing: Default::default(),
         expiring: Vec::new(),
+        pending_elsewhere: Vec::new(),
     }
 }
 

@@ -132,6 +132,8 @@ pub fn manifests(estate: &Estate, report: &AuditReport, namespace: &str) -> Impo
                 azure_credential_ref: None,
                 expires_at: None,
                 active_for: None,
+                enforcement: Default::default(),
+                justification: None,
             };
             let grant = json!({
                 "apiVersion": "identity.dbx-operator.io/v1alpha1",

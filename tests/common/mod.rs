@@ -36,6 +36,8 @@ pub struct Harness {
     pub foreign: HashSet<String>,
     pub metrics_url: String,
     pub health_url: String,
+    /// The controller's clock (moved with the emulator's by [`Harness::advance_clocks`]).
+    pub clock: dbx_identity_operator::controller::clock::Clock,
 }
 
 pub async fn harness(state: StateConfig) -> Harness {
@@ -102,6 +104,7 @@ pub async fn harness_resyncing(
         metrics,
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clock = ctx.clock.clone();
     let controller = tokio::spawn(controller::run(ctx, stopped));
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -118,6 +121,7 @@ pub async fn harness_resyncing(
         foreign,
         metrics_url: format!("http://{metrics_addr}/metrics"),
         health_url: format!("http://{health_addr}"),
+        clock,
     }
 }
 
@@ -197,10 +201,25 @@ impl Harness {
             .collect()
     }
 
-    /// Azure = what live grants hold (Assigned/Adopted) ∪ foreign ∪ `retained`; no tuple twice.
+    /// Moves Azure's (the emulator's) clock and the controller's forward together.
+    pub fn advance_clocks(&self, by: Duration) {
+        self.sandbox.arm.emulator.state().advance_clock(by);
+        self.clock.advance(by);
+    }
+
+    /// Azure = what live grants hold (Assigned/Adopted, and the assignments their Azure PIM
+    /// schedules carry) ∪ foreign ∪ `retained`; no tuple twice.
     pub async fn assert_invariant(&self, retained: &[String]) {
         let live = self.statuses().await;
         let mut wanted: HashSet<String> = HashSet::new();
+        let mut by_pim: HashSet<String> = HashSet::new();
+        for status in &live {
+            for s in &status.managed_schedules {
+                let scope = dbx_identity_operator::azure::ResourceId::parse(&s.scope).expect("scope");
+                let role = s.role_definition_id.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+                by_pim.insert(format!("{}|{role}|{}", scope.normalized(), s.principal_id.to_ascii_lowercase()));
+            }
+        }
         for status in &live {
             for ra in &status.role_assignments {
                 if matches!(ra.state, AssignmentState::Assigned | AssignmentState::Adopted)
@@ -215,6 +234,7 @@ impl Harness {
         for (name, tuple, principal) in &azure {
             assert!(seen.insert(format!("{tuple}|{principal}")), "duplicate assignment for {tuple} {principal}");
             let known = wanted.contains(name)
+                || by_pim.contains(&format!("{tuple}|{}", principal.to_ascii_lowercase()))
                 || self.foreign.contains(name)
                 || retained.iter().any(|r| r.eq_ignore_ascii_case(name));
             assert!(known, "assignment {name} ({tuple}) is in Azure but no live grant wants it");

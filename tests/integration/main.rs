@@ -36,3 +36,4 @@ mod reconciler;
 mod review;
 mod run_binary;
 mod sandbox_kubectl;
+mod time_bound;

@@ -29,6 +29,8 @@ pub enum Versioned {
     RoleAssignment,
     /// `GET /subscriptions` (Microsoft.Resources).
     Subscription,
+    /// PIM's schedule requests, schedules and instances.
+    Pim,
 }
 
 impl Versioned {
@@ -42,6 +44,7 @@ impl Versioned {
             }
             Versioned::RoleDefinition | Versioned::RoleAssignment => &[api_version::AUTHORIZATION, "2015-07-01"],
             Versioned::Subscription => &[api_version::SUBSCRIPTIONS, "2022-01-01", "2021-01-01", "2020-01-01"],
+            Versioned::Pim => &[api_version::PIM],
         }
     }
 

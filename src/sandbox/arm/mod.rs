@@ -10,6 +10,7 @@
 //! - `tls.rs`: the throw-away CA.
 
 pub mod api_versions;
+pub mod pim;
 pub mod roles;
 mod routes;
 pub mod state;

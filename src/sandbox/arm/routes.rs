@@ -169,6 +169,11 @@ enum ArmOperation {
     /// `GET {subscription or resource group}/providers/{type}`: workspaces, Access Connectors
     /// or user-assigned identities.
     ListResources(ResourceId, ListedType),
+    /// PIM (see `pim.rs`).
+    PutScheduleRequest(ResourceId, String),
+    GetScheduleRequest(ResourceId, String),
+    ListSchedules(ResourceId),
+    ListScheduleInstances(ResourceId),
 }
 
 /// A resource type listed by subscription or resource group.
@@ -211,6 +216,10 @@ impl ArmOperation {
             ArmOperation::ListResources(_, ListedType::Workspaces) => "ListWorkspaces",
             ArmOperation::ListResources(_, ListedType::AccessConnectors) => "ListAccessConnectors",
             ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => "ListUserAssignedIdentities",
+            ArmOperation::PutScheduleRequest(..) => "PutRoleAssignmentScheduleRequest",
+            ArmOperation::GetScheduleRequest(..) => "GetRoleAssignmentScheduleRequest",
+            ArmOperation::ListSchedules(_) => "ListRoleAssignmentSchedules",
+            ArmOperation::ListScheduleInstances(_) => "ListRoleAssignmentScheduleInstances",
         }
     }
 
@@ -242,7 +251,11 @@ impl ArmOperation {
             | ArmOperation::ListRoleAssignments(s)
             | ArmOperation::GetRoleAssignment(s, _)
             | ArmOperation::PutRoleAssignment(s, _)
-            | ArmOperation::DeleteRoleAssignment(s, _) => s,
+            | ArmOperation::DeleteRoleAssignment(s, _)
+            | ArmOperation::PutScheduleRequest(s, _)
+            | ArmOperation::GetScheduleRequest(s, _)
+            | ArmOperation::ListSchedules(s)
+            | ArmOperation::ListScheduleInstances(s) => s,
         };
         scope.subscription_id()
     }
@@ -257,13 +270,17 @@ impl ArmOperation {
             ArmOperation::ListResources(_, ListedType::Workspaces) => Versioned::Workspace,
             ArmOperation::ListResources(_, ListedType::AccessConnectors) => Versioned::AccessConnector,
             ArmOperation::ListResources(_, ListedType::UserAssignedIdentities) => Versioned::UserAssignedIdentity,
+            ArmOperation::PutScheduleRequest(..)
+            | ArmOperation::GetScheduleRequest(..)
+            | ArmOperation::ListSchedules(_)
+            | ArmOperation::ListScheduleInstances(_) => Versioned::Pim,
             _ => Versioned::RoleAssignment,
         }
     }
 
     fn class(&self) -> RequestClass {
         match self {
-            ArmOperation::PutRoleAssignment(..) => RequestClass::Write,
+            ArmOperation::PutRoleAssignment(..) | ArmOperation::PutScheduleRequest(..) => RequestClass::Write,
             ArmOperation::DeleteRoleAssignment(..) => RequestClass::Delete,
             _ => RequestClass::Read,
         }
@@ -272,6 +289,9 @@ impl ArmOperation {
 
 const ASSIGNMENTS: &str = "/providers/microsoft.authorization/roleassignments";
 const DEFINITIONS: &str = "/providers/microsoft.authorization/roledefinitions";
+const SCHEDULE_REQUESTS: &str = "/providers/microsoft.authorization/roleassignmentschedulerequests";
+const SCHEDULES: &str = "/providers/microsoft.authorization/roleassignmentschedules";
+const INSTANCES: &str = "/providers/microsoft.authorization/roleassignmentscheduleinstances";
 
 fn parse_operation(method: &Method, path: &str) -> Result<ArmOperation, ArmFailure> {
     let invalid =
@@ -288,6 +308,27 @@ fn parse_operation(method: &Method, path: &str) -> Result<ArmOperation, ArmFailu
                 return Err(invalid("lists by type are served per subscription or resource group".into()));
             }
             return Ok(ArmOperation::ListResources(within, listed));
+        }
+    }
+    for (suffix, instances) in [(SCHEDULES, false), (INSTANCES, true)] {
+        if lower.ends_with(suffix) && *method == Method::GET {
+            let scope = scope_of(path.len() - suffix.len())?;
+            return Ok(if instances {
+                ArmOperation::ListScheduleInstances(scope)
+            } else {
+                ArmOperation::ListSchedules(scope)
+            });
+        }
+    }
+    if let Some(at) = lower.rfind(&format!("{SCHEDULE_REQUESTS}/")) {
+        let name = &path[at + SCHEDULE_REQUESTS.len() + 1..];
+        if !name.contains('/') && !name.is_empty() {
+            let scope = scope_of(at)?;
+            return match method.clone() {
+                Method::PUT => Ok(ArmOperation::PutScheduleRequest(scope, name.to_owned())),
+                Method::GET => Ok(ArmOperation::GetScheduleRequest(scope, name.to_owned())),
+                _ => Err(ArmFailure::new(405, "MethodNotAllowed", format!("{method} is not supported on '{path}'."))),
+            };
         }
     }
     for (suffix, is_assignment) in [(ASSIGNMENTS, true), (DEFINITIONS, false)] {
@@ -462,6 +503,8 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
     let link_origin = faults.next_link_origin.clone().unwrap_or_else(|| emulator.base_url.clone());
     let result = {
         let mut state = emulator.state();
+        // PIM schedules end on the emulator's clock, whoever asks next.
+        state.end_schedules();
         match &operation {
             ArmOperation::GetWorkspace(id) => state
                 .authorize(&caller, id, "Microsoft.Databricks/workspaces/read")
@@ -516,6 +559,31 @@ async fn arm(State(emulator): State<Shared>, method: Method, uri: Uri, headers: 
                     Some(body) => (200, body),
                     None => (204, Value::Null),
                 })
+            }
+            ArmOperation::PutScheduleRequest(scope, name) => match serde_json::from_slice::<Value>(&body) {
+                Ok(value) => state.put_schedule_request(&caller, scope, name, &value),
+                Err(e) => Err(ArmFailure::new(
+                    400,
+                    "InvalidRequestContent",
+                    format!("The request content was invalid and could not be deserialized: {e}"),
+                )),
+            },
+            ArmOperation::GetScheduleRequest(_, name) => state.get_schedule_request(name).map(|b| (200, b)),
+            ArmOperation::ListSchedules(scope) | ArmOperation::ListScheduleInstances(scope) => {
+                let instances = matches!(operation, ArmOperation::ListScheduleInstances(_));
+                match parse_assignment_filter(query.get("$filter").map(String::as_str)) {
+                    Ok(filter) => {
+                        let principal = match &filter {
+                            AssignmentFilter::Principal(p) => Some(p.as_str()),
+                            _ => None,
+                        };
+                        state
+                            .authorize(&caller, scope, "Microsoft.Authorization/roleAssignments/read")
+                            .and_then(|()| state.list_schedules(scope, principal, instances))
+                            .map(|items| (200, page(&link_origin, path, &query, items, state.config.page_size)))
+                    }
+                    Err(f) => Err(f),
+                }
             }
         }
     };

@@ -147,6 +147,13 @@ pub struct ArmState {
     principals: HashMap<String, Principal>,
     roles: Vec<RoleDefinition>,
     assignments: BTreeMap<String, Assignment>,
+    /// PIM's behaviour (see `pim.rs`).
+    pub pim: super::pim::PimConfig,
+    /// Active PIM schedules by name, and every schedule request answered, by name.
+    pub(super) schedules: BTreeMap<String, super::pim::Schedule>,
+    pub(super) schedule_requests: BTreeMap<String, Value>,
+    /// How far the emulator's clock is ahead of the wall clock.
+    pub(super) clock_offset: k8s_openapi::jiff::SignedDuration,
 }
 
 /// `outer` is `inner` or an ancestor of it; both are normalised ids (see `ResourceId::contains`).
@@ -194,6 +201,10 @@ impl ArmState {
             principals: HashMap::new(),
             roles,
             assignments: BTreeMap::new(),
+            pim: Default::default(),
+            schedules: BTreeMap::new(),
+            schedule_requests: BTreeMap::new(),
+            clock_offset: k8s_openapi::jiff::SignedDuration::ZERO,
         }
     }
 
@@ -255,6 +266,7 @@ impl ArmState {
         };
         self.resources.retain(|child, _| !contains_key(&key, child));
         self.assignments.retain(|_, a| !contains_key(&key, &a.scope_key));
+        self.schedules.retain(|_, s| !contains_key(&key, &s.scope.normalized()));
         match resource.kind {
             ResourceKind::UserAssignedIdentity { principal_id, .. } => self.remove_principal(&principal_id),
             ResourceKind::AccessConnector { system_principal: Some(p), .. } => self.remove_principal(&p),
@@ -780,6 +792,22 @@ impl ArmState {
         let body = self.assignment_json(&assignment);
         self.assignments.insert(key, assignment);
         Ok((201, body))
+    }
+
+    /// The GUID of the role `role_definition_id` names, if it can be assigned at `scope`.
+    pub(super) fn visible_role(&self, role_definition_id: &str, scope: &ResourceId) -> Option<Uuid> {
+        ResourceId::parse(role_definition_id)
+            .ok()
+            .filter(|id| id.is_type("Microsoft.Authorization/roleDefinitions"))
+            .and_then(|id| parse_guid(id.name()))
+            .filter(|g| self.roles.iter().any(|r| r.guid == *g && Self::role_visible_at(r, scope)))
+    }
+
+    /// Whether an assignment for (principal, role, scope) exists.
+    pub(super) fn has_assignment(&self, scope: &ResourceId, role_guid: Uuid, principal_id: &str) -> bool {
+        self.assignments
+            .values()
+            .any(|a| a.principal_id.eq_ignore_ascii_case(principal_id) && a.role_guid == role_guid && a.scope == *scope)
     }
 
     /// DELETE an assignment: `Ok(Some(body))` (200) when it existed, `Ok(None)` (204) when not.
