@@ -511,6 +511,50 @@ async fn the_admin_api_changes_the_estate_and_injects_faults_at_runtime() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(matches!(client.get_user_assigned_identity(&uai).await, Err(ArmError::NotFound { .. })));
 
+    // PIM's knobs and the clock: a schedule ends when the clock passes its end.
+    let (status, _) = send_json(
+        http.put(format!("{base}/_emulator/pim")),
+        serde_json::json!({"refusedPrincipalTypes": ["Group"], "maxDuration": 7200}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(f.arm.emulator.state().pim.max_duration, Some(Duration::from_secs(7200)));
+    let end = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(1);
+    client
+        .put_schedule_request(
+            &vault,
+            "33333333-4444-4555-8666-777777777777",
+            dbx_identity_operator::azure::models::ScheduleRequestProperties {
+                principal_id: principal.clone(),
+                role_definition_id: role_id(READER),
+                request_type: "AdminAssign".into(),
+                schedule_info: Some(dbx_identity_operator::azure::models::ScheduleInfo {
+                    start_date_time: None,
+                    expiration: Some(dbx_identity_operator::azure::models::ScheduleExpiration {
+                        kind: "AfterDateTime".into(),
+                        end_date_time: Some(end.to_string()),
+                        duration: None,
+                    }),
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("AdminAssign");
+    assert_eq!(client.list_role_assignment_schedules(&vault, &principal).await.expect("list").len(), 1);
+    let (status, now) =
+        send_json(http.post(format!("{base}/_emulator/clock")), serde_json::json!({"advanceSeconds": 3601})).await;
+    assert_eq!(status, 200, "{now}");
+    assert!(client.list_role_assignment_schedules(&vault, &principal).await.expect("list").is_empty(), "ended");
+    assert!(
+        client
+            .list_role_assignments(&vault)
+            .await
+            .expect("list")
+            .iter()
+            .all(|a| a.properties.principal_id != principal)
+    );
+
     // Latency, set through the API, slows every ARM call.
     let (status, _) =
         send_json(http.put(format!("{base}/_emulator/faults")), serde_json::json!({"latencyMs": 300})).await;

@@ -160,6 +160,9 @@ const RD: &str = "Microsoft.Authorization/2022-04-01/authorization-RoleDefinitio
 const DBW: &str = "Microsoft.Databricks/2026-01-01/databricks.json";
 const DBAC: &str = "Microsoft.Databricks/2026-01-01/accessconnector.json";
 const MSI: &str = "Microsoft.ManagedIdentity/2026-05-31/ManagedIdentity.json";
+const PIM_REQ: &str = "Microsoft.Authorization/2020-10-01/RoleAssignmentScheduleRequest.json";
+const PIM_SCH: &str = "Microsoft.Authorization/2020-10-01/RoleAssignmentSchedule.json";
+const PIM_INST: &str = "Microsoft.Authorization/2020-10-01/RoleAssignmentScheduleInstance.json";
 
 #[tokio::test]
 #[ignore = "needs the Azure REST specs (../shared/azure/specs); .ci/run runs it"]
@@ -348,6 +351,69 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
         ),
     ];
     let mut failures = Vec::new();
+
+    // Azure PIM: the request body the operator sends (AdminAssign, AfterDateTime), the emulator's
+    // answer, and the schedule and instance lists.
+    let end = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2);
+    let pim_body = json!({"properties": dbx_identity_operator::azure::models::ScheduleRequestProperties {
+        principal_id: principal.clone(),
+        role_definition_id: reader.clone(),
+        request_type: "AdminAssign".into(),
+        principal_type: Some("ServicePrincipal".into()),
+        schedule_info: Some(dbx_identity_operator::azure::models::ScheduleInfo {
+            start_date_time: None,
+            expiration: Some(dbx_identity_operator::azure::models::ScheduleExpiration {
+                kind: "AfterDateTime".into(),
+                end_date_time: Some(end.to_string()),
+                duration: None,
+            }),
+        }),
+        justification: Some("contract".into()),
+        ..Default::default()
+    }});
+    let pim_scope = estate.scopes.resource_group.clone();
+    let request_url = format!(
+        "{}{pim_scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/22222222-3333-4444-8555-666666666666?api-version=2020-10-01",
+        arm.url()
+    );
+    let response = http.put(request_url).bearer_auth(&token).json(&pim_body).send().await.expect("send");
+    assert_eq!(response.status().as_u16(), 201);
+    let answer: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
+    failures.extend(check(
+        &mut specs,
+        "PIM request body",
+        (PIM_REQ, "/roleAssignmentScheduleRequests/{roleAssignmentScheduleRequestName}", "put", "body"),
+        &pim_body,
+    ));
+    failures.extend(check(
+        &mut specs,
+        "PIM request answer",
+        (PIM_REQ, "/roleAssignmentScheduleRequests/{roleAssignmentScheduleRequestName}", "put", "201"),
+        &answer,
+    ));
+    let filter = format!("?$filter=principalId%20eq%20'{principal}'");
+    for (what, spec, suffix, path) in [
+        ("LIST PIM schedules", PIM_SCH, "/roleAssignmentSchedules", "roleAssignmentSchedules"),
+        ("LIST PIM instances", PIM_INST, "/roleAssignmentScheduleInstances", "roleAssignmentScheduleInstances"),
+    ] {
+        let (status, body) =
+            get(format!("{pim_scope}/providers/Microsoft.Authorization/{path}{filter}"), "2020-10-01").await;
+        assert_eq!(status, 200, "{what}: {body}");
+        assert_eq!(body["value"].as_array().map(Vec::len), Some(1), "{what}: {body}");
+        failures.extend(check(&mut specs, what, (spec, suffix, "get", "200"), &body));
+    }
+    let broken = check(
+        &mut specs,
+        "broken PIM schedule",
+        (PIM_SCH, "/roleAssignmentSchedules", "get", "200"),
+        &json!({"value": [{"properties": {"status": 5, "startDateTime": []}}]}),
+    );
+    assert!(!broken.is_empty(), "the PIM schedule schema accepted a broken body: resolution failed");
+    // The operator's client reads the list it validated.
+    let listed =
+        client.list_role_assignment_schedules(&ResourceId::parse(&pim_scope).expect("scope"), &principal).await;
+    assert_eq!(listed.expect("schedules").len(), 1);
+
     for (what, schema, (status, body)) in &cases {
         let expected_ok = schema.3 != "default";
         assert_eq!((200..300).contains(status), expected_ok, "{what}: status {status}, body {body}");

@@ -903,6 +903,25 @@ async fn time_bound(server: Server) {
     assert!(env.holds(&principal, "Reader", rg), "an extension written before the end was undone");
     next_expiry_is(end).await;
 
+    // Azure PIM holds an entry: its status (enforcedBy, managedSchedules) survives the server's
+    // schema, and no ordinary assignment is made.
+    let pim = json!({"identity": {"workspace": {"resourceId": estate.workspaces[1].id}}, "enforcement": "AzurePIM",
+                     "expiresAt": in_seconds(3600).to_string(), "justification": "quarterly vendor access",
+                     "roleAssignments": [{"role": "Reader", "scope": rg}]});
+    api.create(&PostParams::default(), &grant("vendor", pim)).await.expect("create");
+    ready_is(&api, "vendor", "True", Some("Ready"), SECONDS).await;
+    let g = api.get("vendor").await.expect("get");
+    let status = g.status.clone().expect("status");
+    assert_eq!(
+        status.role_assignments[0].enforced_by,
+        Some(dbx_identity_operator::api::Enforcement::AzurePim),
+        "{}",
+        describe(&g)
+    );
+    assert_eq!(status.managed_schedules.len(), 1, "{}", describe(&g));
+    assert!(status.managed_assignments.is_empty() && status.unmanaged_assignments.is_empty(), "{}", describe(&g));
+    assert_eq!(env.sandbox.arm.emulator.state().all_schedules().len(), 1);
+
     // The operator down across an end: removed on start, and the Event says how late.
     let end = in_seconds(4);
     set_end(end).await;

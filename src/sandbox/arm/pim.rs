@@ -39,15 +39,34 @@ use super::state::{ArmFailure, ArmResult, ArmState};
 use crate::azure::ResourceId;
 use crate::azure::guid::parse_guid;
 
-/// PIM's behaviour knobs.
-#[derive(Debug, Clone, PartialEq)]
+/// PIM's behaviour knobs (`PUT /_emulator/pim` takes them as JSON, `maxDuration` in seconds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct PimConfig {
     /// The tenant has the licence PIM needs (default true).
     pub licensed: bool,
     /// Principal types whose active assignment requests are refused (e.g. `ServicePrincipal`).
     pub refused_principal_types: Vec<String>,
     /// The role management policy's longest active assignment (its `ExpirationRule`).
+    #[serde(with = "seconds")]
     pub max_duration: Option<Duration>,
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+    }
 }
 
 impl Default for PimConfig {
@@ -349,7 +368,11 @@ impl ArmState {
                         ("Provisioned", s)
                     }
                     Some(_) => {
-                        return Err(ArmFailure::new(409, "RoleAssignmentExists", "The role assignment already exists."));
+                        return Err(ArmFailure::new(
+                            409,
+                            "RoleAssignmentExists",
+                            "The role assignment already exists.",
+                        ));
                     }
                     None => {
                         if self.has_assignment(scope, role_guid, &request.principal_id) {

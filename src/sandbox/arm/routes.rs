@@ -33,6 +33,8 @@ pub fn router(emulator: Shared) -> Router {
         .route("/_emulator/role-assignments", post(admin_create_assignment))
         .route("/_emulator/role-assignments/{name}", delete(admin_delete_assignment))
         .route("/_emulator/expire-tokens", post(admin_expire_tokens))
+        .route("/_emulator/clock", post(admin_clock))
+        .route("/_emulator/pim", put(admin_pim))
         .fallback(arm)
         .with_state(emulator)
 }
@@ -866,6 +868,35 @@ async fn admin_delete_assignment(State(emulator): State<Shared>, Path(name): Pat
         StatusCode::OK.into_response()
     } else {
         StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+/// `POST /_emulator/clock {"advanceSeconds": N}`: moves the emulator's clock (PIM schedules end
+/// on it) forward; answers the new time.
+async fn admin_clock(State(emulator): State<Shared>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Advance {
+        advance_seconds: u64,
+    }
+    match serde_json::from_slice::<Advance>(&body) {
+        Ok(a) => {
+            let mut state = emulator.state();
+            state.advance_clock(std::time::Duration::from_secs(a.advance_seconds));
+            json_response(200, &json!({"now": state.now().to_string()}))
+        }
+        Err(e) => json_response(400, &json!({"error": {"code": "InvalidClock", "message": e.to_string()}})),
+    }
+}
+
+/// `PUT /_emulator/pim`: PIM's licence, refused principal types and policy maximum.
+async fn admin_pim(State(emulator): State<Shared>, body: Bytes) -> Response {
+    match serde_json::from_slice::<super::pim::PimConfig>(&body) {
+        Ok(config) => {
+            emulator.state().pim = config.clone();
+            json_response(200, &serde_json::to_value(config).unwrap_or(Value::Null))
+        }
+        Err(e) => json_response(400, &json!({"error": {"code": "InvalidPim", "message": e.to_string()}})),
     }
 }
 
