@@ -138,6 +138,17 @@ pub struct AuditReport {
 pub struct ClusterRecords {
     pub owners: HashMap<String, Ownership>,
     pub principals: HashMap<String, String>,
+    /// Assignments Azure PIM made for grants (`managedSchedules`), by tuple ([`tuple_key`]):
+    /// PIM names them itself, so they are known by principal, role and scope.
+    pub by_tuple: HashMap<String, Ownership>,
+}
+
+/// `scope|role GUID|principal`, normalised, for [`ClusterRecords::by_tuple`].
+pub fn tuple_key(scope: &str, role_definition_id: &str, principal_id: &str) -> String {
+    let scope =
+        crate::azure::ResourceId::parse(scope).map(|s| s.normalized()).unwrap_or_else(|_| scope.to_ascii_lowercase());
+    let role = role_definition_id.rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    format!("{scope}|{role}|{}", principal_id.to_ascii_lowercase())
 }
 
 impl ClusterRecords {
@@ -157,6 +168,12 @@ impl ClusterRecords {
                 {
                     records.owners.entry(id.to_ascii_lowercase()).or_insert(Ownership::Adopted { grant: key.clone() });
                 }
+            }
+            for s in &status.managed_schedules {
+                records.by_tuple.insert(
+                    tuple_key(&s.scope, &s.role_definition_id, &s.principal_id),
+                    Ownership::Managed { grant: key.clone() },
+                );
             }
             if let Some(p) = &status.principal {
                 records.principals.insert(p.principal_id.to_ascii_lowercase(), key.clone());
@@ -312,9 +329,14 @@ fn audited(
             if duplicate {
                 flags.push(Flag::Duplicate);
             }
+            let by_pim = || {
+                let scope = a.properties.scope.as_deref().unwrap_or_default();
+                cluster.by_tuple.get(&tuple_key(scope, &a.properties.role_definition_id, &a.properties.principal_id))
+            };
             let ownership = cluster
                 .owners
                 .get(&a.id.to_ascii_lowercase())
+                .or_else(by_pim)
                 .cloned()
                 .unwrap_or_else(|| if operator_named(a) { Ownership::OperatorNamed } else { Ownership::Unmanaged });
             AuditedAssignment {
@@ -507,5 +529,20 @@ mod tests {
         let report = classify(&estate_with_condition, &cluster);
         assert_eq!(report.identities[0].label, "identity gone (was data/lake's)");
         assert!(report.identities[0].assignments.iter().all(|a| !a.flags.contains(&Flag::Duplicate)));
+
+        // An assignment Azure PIM made for a grant (named by Azure) is that grant's.
+        let pim_made = assignment("00000000-0000-4000-8000-000000000009", &account, GONE, None);
+        let cluster = ClusterRecords {
+            by_tuple: [(
+                tuple_key(&account, &pim_made.properties.role_definition_id, GONE),
+                Ownership::Managed { grant: "data/vendor".into() },
+            )]
+            .into_iter()
+            .collect(),
+            principals: [(GONE.to_owned(), "data/vendor".to_owned())].into_iter().collect(),
+            ..ClusterRecords::default()
+        };
+        let report = classify(&super::tests::estate(vec![pim_made]), &cluster);
+        assert_eq!(report.identities[0].assignments[0].ownership, Ownership::Managed { grant: "data/vendor".into() });
     }
 }

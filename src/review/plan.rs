@@ -17,6 +17,7 @@ use crate::controller::assess::{Caches, assess};
 use crate::controller::claims::{ClaimIndex, RelistTracker};
 use crate::controller::concurrency::Concurrency;
 use crate::controller::decide::{self, Decision};
+use crate::controller::pim;
 use crate::controller::plan::{ObservedAssignment, Precedence, Step};
 use crate::controller::resolve::{Resolver, ScopeAssignments};
 use crate::policy::evaluate::{Governing, PolicyMode};
@@ -274,7 +275,7 @@ async fn plan_grant(
         k8s_openapi::jiff::Timestamp::now(),
         std::time::Duration::ZERO,
     );
-    let assessment = match assess(caches, arm, &governing, inputs.policy_mode, &validated, timing).await {
+    let mut assessment = match assess(caches, arm, &governing, inputs.policy_mode, &validated, timing).await {
         Ok(assessment) => assessment,
         Err(e) => {
             all_error(&mut out, e.reason, e.message);
@@ -282,6 +283,26 @@ async fn plan_grant(
         }
     };
     out.principal_id = assessment.principal.as_ref().map(|p| p.principal_id.clone());
+    // Entries Azure PIM holds are planned against their PIM schedules, as the operator does.
+    let held = pim::held(&grant.spec, &validated, &previous, &assessment.timing);
+    let (by_pim, rest): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut assessment.desired).into_iter().partition(|d| held.contains(&d.index));
+    assessment.desired = rest;
+    assessment.observed.retain(|o| !pim::carries(o, &by_pim));
+    let mut pim_lines = Vec::new();
+    for d in &by_pim {
+        let Some(end) = pim::end_of(&assessment.timing, d.index) else { continue };
+        let change = match arm.list_role_assignment_schedules(&d.scope, &d.principal_id).await {
+            Ok(listed) => match pim::step(d, end, &listed, &previous.managed_schedules) {
+                pim::PimStep::InSync(_) => Change::Unchanged,
+                pim::PimStep::Move(_) => Change::Update { fields: vec!["expiresAt (Azure PIM)".into()] },
+                pim::PimStep::Assign => Change::Create,
+                pim::PimStep::Adopt(s) => Change::Adopt { existing: s.schedule_id },
+            },
+            Err(e) => Change::Error { reason: Reason::of_arm(&e).code().into(), message: e.to_string() },
+        };
+        pim_lines.push((d.index, change));
+    }
     let others = claims.others(live.and_then(|g| g.metadata.uid.as_deref()), &assessment.relevant_names(&previous));
     let precedence = Precedence {
         created: live
@@ -293,6 +314,11 @@ async fn plan_grant(
     };
     let decision = decide::decide(&assessment.inputs(&grant.spec, &previous, true, &others, &precedence));
     out.entries = entries_of(grant, &previous, &decision, &assessment.observed);
+    for (index, change) in pim_lines {
+        if let Some(line) = out.entries.get_mut(index) {
+            line.change = change;
+        }
+    }
     out.notes.extend(decision.notes.iter().map(|(i, note)| format!("{}: {note}", subject(*i))));
     out
 }

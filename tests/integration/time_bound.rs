@@ -18,6 +18,16 @@ use crate::common::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+async fn cli(h: &Harness, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dbx-identity-operator"))
+        .args(args)
+        .envs(h.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .expect("run the binary")
+}
+
 async fn pim_harness(pim: PimConfig) -> Harness {
     let h = harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, HOUR).await;
     h.sandbox.arm.emulator.state().pim = pim;
@@ -91,6 +101,24 @@ async fn azure_pim_holds_the_assignment_and_ends_it_while_the_operator_is_down()
     assert_eq!(h.sandbox.arm.emulator.state().all_schedules()[0].end.as_second(), later.as_second());
     let requests = count(&h, "PutRoleAssignmentScheduleRequest");
     assert_eq!(requests, 2);
+
+    // plan and audit see what the operator sees: PIM's assignment is this grant's, unchanged.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut manifest = h.grants.get("pim").await.expect("get");
+    manifest.status = None;
+    manifest.metadata.managed_fields = None;
+    std::fs::write(dir.path().join("pim.yaml"), serde_yaml_ng::to_string(&manifest).expect("yaml")).expect("write");
+    let kubeconfig = h.sandbox.kubeconfig.to_str().expect("path").to_owned();
+    let plan =
+        ["plan", "--policy-mode", "permissive", "-f", dir.path().to_str().expect("path"), "--kubeconfig", &kubeconfig];
+    let out = cli(&h, &plan).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("0 to create, 0 to update, 0 to adopt") && stdout.contains("1 unchanged"), "{stdout}");
+    let out = cli(&h, &["audit", "--quiet", "--kubeconfig", &kubeconfig]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains(&format!("managed by {NS}/pim")), "{stdout}");
+    assert_eq!(count(&h, "PutRoleAssignmentScheduleRequest"), requests, "plan and audit wrote nothing");
 
     // Reconciles, and a restart, mid-schedule: nothing is written again.
     h.grants
