@@ -98,10 +98,10 @@ fn sandbox_serves_kubectl_and_stops_on_signals() {
     let (ok, out) = kubectl(&kubeconfig, &["get", "dbgrant", "-n", "team-analytics"], None);
     assert!(ok, "{out}");
     let header = out.lines().next().unwrap_or_default();
-    for column in ["NAME", "READY", "REASON", "PRINCIPAL", "ASSIGNED", "AGE"] {
+    for column in ["NAME", "READY", "REASON", "PRINCIPAL", "ASSIGNED", "EXPIRES", "AGE"] {
         assert!(header.contains(column), "column {column} missing: {header}");
     }
-    assert_eq!(out.lines().count(), 4, "{out}");
+    assert_eq!(out.lines().count(), 5, "{out}");
     let (ok, out) = kubectl(&kubeconfig, &["explain", "dbgrant.spec.identity.workspace"], None);
     assert!(ok && out.contains("dbmanagedidentity"), "{out}");
 

@@ -239,3 +239,35 @@ async fn deleting_a_pim_grant_ends_its_schedule_after_pims_five_minutes() {
     h.assert_invariant(&[]).await;
     h.stop().await;
 }
+
+/// An end moved into the past ends the PIM schedule early (`AdminRemove`, once PIM's first 5
+/// minutes are over), and the entry reads Expired; Observe mode makes no PIM request at all.
+#[tokio::test]
+async fn an_end_moved_into_the_past_ends_the_schedule_and_observe_requests_nothing() {
+    let _scenario = crate::common::scenario("Time-bound", "Azure PIM: end moved into the past; Observe");
+    let h = pim_harness(PimConfig::default()).await;
+    h.apply(&pim_grant("cut-short", &h, in_(HOUR))).await;
+    h.wait_for("cut-short", "held by PIM", |g| entry(g).enforced_by == Some(Enforcement::AzurePim)).await;
+    h.advance_clocks(Duration::from_secs(6 * 60));
+    let past = h.clock.now() - SignedDuration::from_secs(60);
+    h.grants
+        .patch("cut-short", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"expiresAt": past.to_string()}})))
+        .await
+        .expect("patch");
+    h.wait_for("cut-short", "expired", |g| {
+        entry(g).state == AssignmentState::Expired && g.status.as_ref().is_some_and(|s| s.managed_schedules.is_empty())
+    })
+    .await;
+    assert!(h.sandbox.arm.emulator.state().all_schedules().is_empty(), "ended early through PIM");
+    assert!(!holds(&h));
+
+    let requests = count(&h, "PutRoleAssignmentScheduleRequest");
+    let mut observed = pim_grant("observed", &h, in_(2 * HOUR));
+    observed.spec.management_policy = dbx_identity_operator::api::ManagementPolicy::Observe;
+    h.apply(&observed).await;
+    let g = h.ready("observed").await;
+    assert_eq!(entry(&g).state, AssignmentState::Planned);
+    assert_eq!(count(&h, "PutRoleAssignmentScheduleRequest"), requests, "Observe made a PIM request");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
