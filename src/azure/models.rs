@@ -220,6 +220,27 @@ pub struct ScheduleRequestProperties {
     pub target_role_assignment_schedule_id: Option<String>,
 }
 
+impl ScheduleRequestProperties {
+    /// A request of `request_type` (`AdminAssign`, `AdminUpdate`) for an assignment that ends at
+    /// `end` (RFC 3339), as the operator sends it.
+    pub fn ending_at(request_type: &str, principal_id: &str, role_definition_id: &str, end: &str) -> Self {
+        ScheduleRequestProperties {
+            principal_id: principal_id.to_owned(),
+            role_definition_id: role_definition_id.to_owned(),
+            request_type: request_type.to_owned(),
+            schedule_info: Some(ScheduleInfo {
+                start_date_time: None,
+                expiration: Some(ScheduleExpiration {
+                    kind: "AfterDateTime".into(),
+                    end_date_time: Some(end.to_owned()),
+                    duration: None,
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// When a PIM assignment starts and ends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

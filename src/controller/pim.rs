@@ -34,7 +34,7 @@ use crate::api::{
     AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Enforcement, ManagedSchedule, Reason,
     RoleAssignmentStatus,
 };
-use crate::azure::models::{RoleAssignmentSchedule, ScheduleExpiration, ScheduleInfo, ScheduleRequestProperties};
+use crate::azure::models::{RoleAssignmentSchedule, ScheduleRequestProperties};
 use crate::azure::{ArmClient, ArmError, ResourceId};
 
 /// Namespace of PIM request names (fixed: changing it would make the operator's own schedules
@@ -318,22 +318,11 @@ async fn send(
     justification: &str,
 ) -> Result<ManagedSchedule, ArmError> {
     let properties = ScheduleRequestProperties {
-        principal_id: d.principal_id.clone(),
-        role_definition_id: d.role_definition_id.clone(),
-        request_type: request_type.to_owned(),
         principal_type: Some(format!("{:?}", d.principal_type)),
-        schedule_info: Some(ScheduleInfo {
-            start_date_time: None,
-            expiration: Some(ScheduleExpiration {
-                kind: "AfterDateTime".into(),
-                end_date_time: Some(end.to_string()),
-                duration: None,
-            }),
-        }),
         justification: Some(justification.to_owned()),
         condition: d.condition.as_ref().map(|c| c.expression.clone()),
         condition_version: d.condition.as_ref().map(|c| c.version.clone()),
-        ..Default::default()
+        ..ScheduleRequestProperties::ending_at(request_type, &d.principal_id, &d.role_definition_id, &end.to_string())
     };
     let answer = arm.put_schedule_request(&d.scope, &request_name(&d.name, end), properties).await?;
     let schedule_id = answer.properties.target_role_assignment_schedule_id.clone().unwrap_or_default();

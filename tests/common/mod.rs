@@ -279,6 +279,18 @@ pub fn condition(g: &DatabricksIdentityGrant, type_: &str) -> Option<(String, St
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Runs the operator's binary against the harness's sandbox (async: the emulators serve from
+/// this runtime meanwhile).
+pub async fn cli(h: &Harness, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dbx-identity-operator"))
+        .args(args)
+        .envs(h.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .expect("run the binary")
+}
+
 pub fn guid_of(role_name: &str, h: &Harness) -> uuid::Uuid {
     h.sandbox.arm.emulator.state().role_guid_by_name(role_name).expect("role")
 }

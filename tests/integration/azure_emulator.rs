@@ -524,20 +524,12 @@ async fn the_admin_api_changes_the_estate_and_injects_faults_at_runtime() {
         .put_schedule_request(
             &vault,
             "33333333-4444-4555-8666-777777777777",
-            dbx_identity_operator::azure::models::ScheduleRequestProperties {
-                principal_id: principal.clone(),
-                role_definition_id: role_id(READER),
-                request_type: "AdminAssign".into(),
-                schedule_info: Some(dbx_identity_operator::azure::models::ScheduleInfo {
-                    start_date_time: None,
-                    expiration: Some(dbx_identity_operator::azure::models::ScheduleExpiration {
-                        kind: "AfterDateTime".into(),
-                        end_date_time: Some(end.to_string()),
-                        duration: None,
-                    }),
-                }),
-                ..Default::default()
-            },
+            dbx_identity_operator::azure::models::ScheduleRequestProperties::ending_at(
+                "AdminAssign",
+                &principal,
+                &role_id(READER),
+                &end.to_string(),
+            ),
         )
         .await
         .expect("AdminAssign");

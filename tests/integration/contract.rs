@@ -356,20 +356,14 @@ async fn emulator_responses_and_client_requests_match_the_azure_specs() {
     // answer, and the schedule and instance lists.
     let end = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2);
     let pim_body = json!({"properties": dbx_identity_operator::azure::models::ScheduleRequestProperties {
-        principal_id: principal.clone(),
-        role_definition_id: reader.clone(),
-        request_type: "AdminAssign".into(),
         principal_type: Some("ServicePrincipal".into()),
-        schedule_info: Some(dbx_identity_operator::azure::models::ScheduleInfo {
-            start_date_time: None,
-            expiration: Some(dbx_identity_operator::azure::models::ScheduleExpiration {
-                kind: "AfterDateTime".into(),
-                end_date_time: Some(end.to_string()),
-                duration: None,
-            }),
-        }),
         justification: Some("contract".into()),
-        ..Default::default()
+        ..dbx_identity_operator::azure::models::ScheduleRequestProperties::ending_at(
+            "AdminAssign",
+            &principal,
+            &reader,
+            &end.to_string(),
+        )
     }});
     let pim_scope = estate.scopes.resource_group.clone();
     let request_url = format!(

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Output;
 
 use std::time::Duration;
-use tokio::process::Command;
 
 use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant};
 use dbx_identity_operator::azure::ResourceId;
@@ -16,21 +15,7 @@ use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::common::{Harness, NS, grant, guid_of, harness_with, rg, yaml_documents, yaml_files};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dbx-identity-operator");
-
-/// Runs the binary with the sandbox's Azure settings (async: the emulators serve from this
-/// runtime meanwhile).
-async fn cli(h: &Harness, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .envs(h.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .expect("run the binary")
-}
+use crate::common::{Harness, NS, cli, grant, guid_of, harness_with, rg, yaml_documents, yaml_files};
 
 fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())

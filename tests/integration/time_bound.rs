@@ -18,16 +18,6 @@ use crate::common::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn cli(h: &Harness, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_dbx-identity-operator"))
-        .args(args)
-        .envs(h.sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .expect("run the binary")
-}
-
 async fn pim_harness(pim: PimConfig) -> Harness {
     let h = harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, HOUR).await;
     h.sandbox.arm.emulator.state().pim = pim;
