@@ -251,6 +251,23 @@ async fn an_end_moved_into_the_past_ends_the_schedule_and_observe_requests_nothi
     assert!(h.sandbox.arm.emulator.state().all_schedules().is_empty(), "ended early through PIM");
     assert!(!holds(&h));
 
+    // Extended after its end: held by PIM again, with a new schedule.
+    let again = h.clock.now() + SignedDuration::from_hours(1);
+    h.grants
+        .patch("cut-short", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"expiresAt": again.to_string()}})))
+        .await
+        .expect("patch");
+    h.wait_for("cut-short", "held by PIM again", |g| {
+        entry(g).state == AssignmentState::Assigned && entry(g).enforced_by == Some(Enforcement::AzurePim)
+    })
+    .await;
+    assert_eq!(h.sandbox.arm.emulator.state().all_schedules().len(), 1);
+    assert!(holds(&h));
+    h.advance_clocks(Duration::from_secs(6 * 60));
+    h.grants.delete("cut-short", &DeleteParams::default()).await.expect("delete");
+    h.gone("cut-short").await;
+    assert!(!holds(&h));
+
     let requests = count(&h, "PutRoleAssignmentScheduleRequest");
     let mut observed = pim_grant("observed", &h, in_(2 * HOUR));
     observed.spec.management_policy = dbx_identity_operator::api::ManagementPolicy::Observe;
