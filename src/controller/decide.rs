@@ -217,6 +217,10 @@ pub struct Write {
     pub step: Step,
     /// The write-ahead record it settles (`creatingAssignments`), when there is one.
     pub intent: Option<String>,
+    /// Look before writing: the grant created it before (drift), or an earlier write of it is on
+    /// the write-ahead record with its outcome unknown. Either way a list that lags behind a
+    /// recent write may be all that is missing it, and a GET (consistent, unlike lists) says so.
+    pub check_first: bool,
 }
 
 impl Write {
@@ -560,7 +564,11 @@ fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d
             st.message = Some("managementPolicy is Observe: nothing is written to Azure".into());
         }
         Step::Create { .. } | Step::Update => {
-            d.writes.push(Write { desired: desired.clone(), step: step.clone(), intent });
+            let written_before =
+                inputs.previous.creating_assignments.iter().any(|c| c.eq_ignore_ascii_case(&id.to_string()));
+            let check_first =
+                matches!(step, Step::Create { drift: true }) || (written_before && matches!(step, Step::Create { .. }));
+            d.writes.push(Write { desired: desired.clone(), step: step.clone(), intent, check_first });
             return;
         }
     }

@@ -510,3 +510,24 @@ fn expired_entries_are_removed_kept_or_reported() {
     assert_eq!(d.planned_removals, vec![id]);
     assert!(message(d.entries[0].as_ref().expect("entry")).contains("Observe"));
 }
+
+/// A create whose earlier write is on the write-ahead record, outcome unknown, and which a
+/// lagging list does not show yet (a reconcile of a copy older than the last status write, under
+/// load): the write looks first (a GET) instead of PUTting again. A create never tried does not.
+/// Before, only drift looked first, and `faults::arm_errors_resets_and_eventual_consistency`
+/// saw a re-PUT after converging in a loaded CI run.
+#[test]
+fn a_create_already_on_the_write_ahead_record_looks_before_writing() {
+    let mut w = World::one(false);
+    let fresh = w.decide();
+    assert_eq!(fresh.writes.len(), 1);
+    assert!(!fresh.writes[0].check_first, "a first create writes at once");
+    w.previous.creating_assignments = vec![w.first_id().to_string()];
+    let again = w.decide();
+    assert_eq!(again.writes.len(), 1);
+    assert_eq!(again.writes[0].step, Step::Create { drift: false }, "not drift: it may never have been made");
+    assert!(again.writes[0].check_first, "an unknown outcome is looked up first");
+    w.previous.creating_assignments.clear();
+    w.previous.managed_assignments = vec![w.first_id().to_string()];
+    assert!(w.decide().writes[0].check_first, "drift is looked up first too");
+}

@@ -3,7 +3,7 @@
 
 use super::Context;
 use super::decide::{Decision, Write};
-use super::plan::{ObservedAssignment, Step, is_as_desired};
+use super::plan::{ObservedAssignment, is_as_desired};
 use super::report::{Executed, RemovalOutcome, WriteOutcome};
 use crate::azure::models::RoleAssignmentProperties;
 use crate::azure::{ArmClient, ArmError, RoleAssignmentId};
@@ -39,10 +39,11 @@ async fn put(ctx: &Context, arm: &ArmClient, write: &Write) -> WriteOutcome {
         .cached(&d.scope, &d.name)
         .await
         .filter(|a| ObservedAssignment::from_arm(a).is_some_and(|o| is_as_desired(&o, d)));
-    // On record but missing from the list: a GET (consistent, unlike lists) tells drift from a
-    // list lagging behind a recent write, which a restarted operator no longer remembers making.
-    let lagging = match (&written_meanwhile, &write.step) {
-        (None, Step::Create { drift: true }) => {
+    // On record (or on the write-ahead record) but missing from the list: a GET (consistent,
+    // unlike lists) tells drift, or a write that never happened, from a list lagging behind a
+    // recent write, which a restarted operator (or a reconcile of a stale copy) does not know of.
+    let lagging = match (&written_meanwhile, write.check_first) {
+        (None, true) => {
             let _permit = ctx.concurrency.arm_permit(&d.scope).await;
             arm.get_role_assignment(&d.scope, &d.name)
                 .await

@@ -41,7 +41,7 @@ fn decision(step: Option<Step>, removals: Vec<RoleAssignmentId>, enforce: bool) 
         let d = desired();
         let intent = matches!(step, Step::Create { .. })
             .then(|| RoleAssignmentId::new(d.scope.clone(), d.name.clone()).to_string());
-        Write { desired: d, step, intent }
+        Write { desired: d, step, intent, check_first: false }
     });
     let managed: BTreeMap<String, String> = removals.iter().map(|id| (id.key(), id.to_string())).collect();
     Decision {
