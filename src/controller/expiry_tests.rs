@@ -178,6 +178,13 @@ fn only_assignments_this_grant_made_and_recorded_are_due_for_removal() {
     assert_eq!(due[0].id.to_string().to_ascii_lowercase(), id(0).to_ascii_lowercase());
     assert_eq!(due[0].ends, at("2026-06-01T11:59:59Z"));
 
+    assert!(is_time_bound(&grant.spec));
+    let mut untimed = grant.clone();
+    for ra in &mut untimed.spec.role_assignments {
+        ra.expires_at = None;
+    }
+    assert!(!is_time_bound(&untimed.spec) && due_removals(&untimed, now).is_empty(), "no expiry, nothing due");
+
     let mut observing = grant.clone();
     observing.spec.management_policy = crate::api::ManagementPolicy::Observe;
     assert!(due_removals(&observing, now).is_empty(), "Observe removes nothing");
