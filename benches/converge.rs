@@ -145,8 +145,25 @@ fn requests_between(before: &Stats, after: &Stats) -> Requests {
 
 /// Kubernetes writes (not GET/LIST/WATCH) logged since `from`, minus `own` made by the bench.
 fn kube_writes_since(sandbox: &Sandbox, from: usize, own: usize) -> usize {
-    let log = sandbox.kube.emulator.requests();
-    log.iter().skip(from).filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch")).count().saturating_sub(own)
+    kube_writes_by_target(sandbox, from).values().sum::<usize>().saturating_sub(own)
+}
+
+/// Kubernetes writes since `from` by `verb resource[/subresource]` (e.g. `patch
+/// databricksidentitygrants/status`, `create events`, `update leases`).
+fn kube_writes_by_target(sandbox: &Sandbox, from: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in sandbox.kube.emulator.requests().iter().skip(from) {
+        if matches!(r.verb.as_str(), "get" | "list" | "watch") {
+            continue;
+        }
+        let target = if r.subresource.is_empty() {
+            format!("{} {}", r.verb, r.resource)
+        } else {
+            format!("{} {}/{}", r.verb, r.resource, r.subresource)
+        };
+        *out.entry(target).or_insert(0) += 1;
+    }
+    out
 }
 
 fn kube_log_len(sandbox: &Sandbox) -> usize {
@@ -235,6 +252,8 @@ struct Row {
     churn_seconds: f64,
     churn_requests: Requests,
     cold_kube_writes: usize,
+    /// Cold Kubernetes writes by `verb resource[/subresource]`.
+    cold_kube_writes_by: BTreeMap<String, usize>,
     peak_rss_bytes: u64,
     final_rss_bytes: u64,
     bytes_per_grant: f64,
@@ -243,6 +262,16 @@ struct Row {
     restart_seconds: f64,
     restart_requests: Requests,
     restart_kube_writes: usize,
+    restart_kube_writes_by: BTreeMap<String, usize>,
+    /// The restart's reads (at their bound) beyond the read bucket's burst, at its refill rate.
+    restart_floor_seconds: f64,
+    /// SIGTERM to the leader of two replicas: until the standby has reconciled every grant.
+    failover_seconds: f64,
+    failover_requests: Requests,
+    failover_kube_writes_by: BTreeMap<String, usize>,
+    /// Churn: Kubernetes writes by the operator (the bench's own spec patches not counted).
+    churn_kube_writes: usize,
+    churn_kube_writes_by: BTreeMap<String, usize>,
     /// Scopes + identity GETs + distinct (role, scope): what a restart should read at most.
     restart_read_bound: usize,
 }
@@ -273,11 +302,19 @@ struct Operator {
 
 impl Operator {
     fn start(sandbox: &Sandbox, options: &Options, log: &Path) -> Result<Self, String> {
-        Self::start_on(sandbox, options, log, 0)
+        Self::start_on(sandbox, options, log, 0, options.resync_interval, &[])
     }
 
-    /// With `/metrics` on `metrics_port` (0: any).
-    fn start_on(sandbox: &Sandbox, options: &Options, log: &Path, metrics_port: u16) -> Result<Self, String> {
+    /// With `/metrics` on `metrics_port` (0: any), resyncing every `resync`, with `extra`
+    /// arguments to `run`.
+    fn start_on(
+        sandbox: &Sandbox,
+        options: &Options,
+        log: &Path,
+        metrics_port: u16,
+        resync: Duration,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let log = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let binary = options.operator.as_deref().unwrap_or(Path::new(OPERATOR));
         let mut command = match &options.wrap {
@@ -294,7 +331,8 @@ impl Operator {
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--resync-interval")
-            .arg(format!("{}ms", options.resync_interval.as_millis()))
+            .arg(format!("{}ms", resync.as_millis()))
+            .args(extra)
             .envs(sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KUBECONFIG", &sandbox.kubeconfig)
             .env("RUST_LOG", "warn")
@@ -418,6 +456,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let stats1 = sandbox.arm.emulator.stats();
     let cold_requests = requests_between(&stats0, &stats1);
     let cold_kube_writes = kube_writes_since(&sandbox, kube0, 0);
+    let cold_kube_writes_by = kube_writes_by_target(&sandbox, kube0);
     // Each subscription's buckets bound it separately; identity and role reads land on the
     // sandbox's own subscription.
     let latency = Duration::from_millis(options.latency_ms);
@@ -476,6 +515,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
 
     // 4. Churn: 10% of grants get a changed spec (one assignment replaced by another role).
     let churned: Vec<&GrantPlan> = workload.grants.choose_multiple(&mut rng, (n / 10).max(1)).collect();
+    let kube3 = kube_log_len(&sandbox);
     for plan in &churned {
         let mut assignments = plan.assignments.clone();
         let (scope, kind) = workload.scopes.choose(&mut rng).cloned().unwrap_or((String::new(), ScopeKind::Storage));
@@ -499,6 +539,13 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     .await?;
     let stats4 = sandbox.arm.emulator.stats();
     let churn_requests = requests_between(&stats3, &stats4);
+    // Let the last status patches land; the bench's own spec patches are not the operator's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let churn_kube_writes = kube_writes_since(&sandbox, kube3, churned.len());
+    let mut churn_kube_writes_by = kube_writes_by_target(&sandbox, kube3);
+    if let Some(own) = churn_kube_writes_by.get_mut("patch databricksidentitygrants") {
+        *own = own.saturating_sub(churned.len());
+    }
 
     check_invariant(&sandbox, &seeded)?;
 
@@ -506,34 +553,61 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     operator.check_alive()?;
     let (peak_rss, final_rss, cpu) = operator.usage();
 
-    // 6. Restart: SIGTERM, then a new process, until it has reconciled every grant once.
+    // 6. Restart: SIGTERM, then a new process, until it has reconciled every grant once. The
+    // new process resyncs at the operator's default interval: with the bench's short one, a
+    // restart longer than the interval lists its scopes again before it has checked every grant.
     drop(operator);
     let stats5 = sandbox.arm.emulator.stats();
     let kube5 = kube_log_len(&sandbox);
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))?;
-    let mut restarted =
-        Operator::start_on(&sandbox, options, &options.out.join(format!("operator-{n}-restart.log")), metrics_port)?;
-    let restart_started = Instant::now();
-    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    loop {
-        if reconciled(&metrics_url).await >= n as f64 {
-            break;
-        }
-        restarted.check_alive()?;
-        if restart_started.elapsed() > options.phase_timeout {
-            return Err(format!("restart: fewer than {n} reconciles after {:?}", options.phase_timeout));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let restart_seconds = restart_started.elapsed().as_secs_f64();
+    let port = free_port()?;
+    let mut restarted = Operator::start_on(
+        &sandbox,
+        options,
+        &options.out.join(format!("operator-{n}-restart.log")),
+        port,
+        DEFAULT_RESYNC,
+        &[],
+    )?;
+    let restart_seconds = until_reconciled(&mut restarted, port, n, options.phase_timeout).await?;
     // Let the last reconciles' writes (if any) land before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restart_requests = requests_between(&stats5, &sandbox.arm.emulator.stats());
     let restart_kube_writes = kube_writes_since(&sandbox, kube5, 0);
+    let restart_kube_writes_by = kube_writes_by_target(&sandbox, kube5);
     drop(restarted);
+
+    // 7. Leader failover: two replicas with leader election; the leader, having reconciled
+    // every grant, gets SIGTERM (a rolling update), and the standby takes over.
+    let election = ["--leader-election", "--lease-namespace", "default"];
+    let (port_a, port_b) = (free_port()?, free_port()?);
+    let mut leader = Operator::start_on(
+        &sandbox,
+        options,
+        &options.out.join(format!("operator-{n}-leader.log")),
+        port_a,
+        DEFAULT_RESYNC,
+        &election,
+    )?;
+    until_reconciled(&mut leader, port_a, n, options.phase_timeout).await?;
+    let mut standby = Operator::start_on(
+        &sandbox,
+        options,
+        &options.out.join(format!("operator-{n}-standby.log")),
+        port_b,
+        DEFAULT_RESYNC,
+        &election,
+    )?;
+    // The standby is up and waiting for the lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats6 = sandbox.arm.emulator.stats();
+    let kube6 = kube_log_len(&sandbox);
+    drop(leader);
+    let failover_seconds = until_reconciled(&mut standby, port_b, n, options.phase_timeout).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failover_requests = requests_between(&stats6, &sandbox.arm.emulator.stats());
+    let failover_kube_writes_by = kube_writes_by_target(&sandbox, kube6);
+    drop(standby);
+    let restart_floor_seconds = restart_floor(&throttle, &workload, &sandbox, latency);
     sandbox.shutdown().await;
     Ok(Row {
         grants: n,
@@ -555,6 +629,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         churn_seconds: churn_time.as_secs_f64(),
         churn_requests,
         cold_kube_writes,
+        cold_kube_writes_by,
         peak_rss_bytes: peak_rss,
         final_rss_bytes: final_rss,
         bytes_per_grant: peak_rss as f64 / n as f64,
@@ -562,6 +637,13 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
         restart_seconds,
         restart_requests,
         restart_kube_writes,
+        restart_kube_writes_by,
+        restart_floor_seconds,
+        failover_seconds,
+        failover_requests,
+        failover_kube_writes_by,
+        churn_kube_writes,
+        churn_kube_writes_by,
         restart_read_bound: restart_read_bound(&workload),
     })
 }
@@ -582,6 +664,56 @@ fn restart_read_bound(workload: &workload::Workload) -> usize {
 }
 
 /// `reconciles_total{result="ok"}` of a running operator (0 until it answers).
+/// The operator's default `--resync-interval`, which the restart and failover phases use.
+const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// Seconds until the operator on `port` has reconciled `n` grants (successfully).
+async fn until_reconciled(operator: &mut Operator, port: u16, n: usize, timeout: Duration) -> Result<f64, String> {
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    loop {
+        if reconciled(&url).await >= n as f64 {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        operator.check_alive()?;
+        if started.elapsed() > timeout {
+            return Err(format!("fewer than {n} reconciles after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The least time a restart's reads take at Azure's read bucket: its bound on reads, per
+/// subscription, beyond the bucket's burst at its refill rate (the slowest subscription), with
+/// Microsoft.Authorization's own limit when the profile has one.
+fn restart_floor(
+    throttle: &ThrottleConfig,
+    workload: &workload::Workload,
+    sandbox: &Sandbox,
+    latency: Duration,
+) -> f64 {
+    let home = sandbox.estate.subscription_id.to_ascii_lowercase();
+    workload
+        .per_subscription
+        .iter()
+        .map(|(subscription, (_, scopes))| {
+            let (extra, roles) = if *subscription == home {
+                (workload.identities + workload.role_names.len(), workload.role_names.len())
+            } else {
+                (0, 0)
+            };
+            throttling_floor(throttle, (scopes + extra) as f64, 0.0, (scopes + roles) as f64, latency)
+        })
+        .fold(0.0, f64::max)
+}
+
 async fn reconciled(url: &str) -> f64 {
     let Ok(response) = reqwest::get(url).await else { return 0.0 };
     let Ok(text) = response.text().await else { return 0.0 };
@@ -649,18 +781,42 @@ fn table(rows: &[Row], options: &Options) -> String {
             r.cpu_seconds,
         ));
     }
-    out.push_str("\nRestart (SIGTERM, a new process, until every grant was reconciled once):\n\n| N | time (s) | ARM reads (bound: scopes + identity GETs + distinct role at scope) | ARM writes | 429s | K8s writes |\n|---|---|---|---|---|---|\n");
+    out.push_str("\nRestart and failover (until every grant was reconciled once; both at the default resync interval of 10 min). Restart: SIGTERM, a new process. Failover: two replicas with leader election, SIGTERM to the leader:\n\n| N | phase | time (s) | floor at the read bucket (s) | ARM reads (bound: scopes + identity GETs + distinct role at scope) | ARM writes | 429s | K8s writes |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
-        out.push_str(&format!(
-            "| {} | {:.1} | {} ({}) | {} | {} | {} |\n",
-            r.grants,
-            r.restart_seconds,
-            r.restart_requests.reads,
-            r.restart_read_bound,
-            r.restart_requests.writes + r.restart_requests.deletes,
-            r.restart_requests.throttled,
-            r.restart_kube_writes,
-        ));
+        let failover_writes: usize = r.failover_kube_writes_by.values().sum();
+        for (phase, seconds, req, writes) in [
+            ("restart", r.restart_seconds, &r.restart_requests, r.restart_kube_writes),
+            ("failover", r.failover_seconds, &r.failover_requests, failover_writes),
+        ] {
+            out.push_str(&format!(
+                "| {} | {phase} | {:.1} | {:.1} | {} ({}) | {} | {} | {} |\n",
+                r.grants,
+                seconds,
+                r.restart_floor_seconds,
+                req.reads,
+                r.restart_read_bound,
+                req.writes + req.deletes,
+                req.throttled,
+                writes,
+            ));
+        }
+    }
+    out.push_str("\nKubernetes writes by the operator (per grant: cold over N, churn over the changed grants):\n\n| N | phase | writes | per grant | by request |\n|---|---|---|---|---|\n");
+    for r in rows {
+        for (phase, total, per, by) in [
+            ("cold", r.cold_kube_writes, r.grants, &r.cold_kube_writes_by),
+            ("churn", r.churn_kube_writes, r.churn_grants, &r.churn_kube_writes_by),
+            ("restart", r.restart_kube_writes, r.grants, &r.restart_kube_writes_by),
+            ("failover", r.failover_kube_writes_by.values().sum(), r.grants, &r.failover_kube_writes_by),
+        ] {
+            let ops: Vec<String> = by.iter().filter(|(_, n)| **n > 0).map(|(op, n)| format!("{op} {n}")).collect();
+            out.push_str(&format!(
+                "| {} | {phase} | {total} | {:.2} | {} |\n",
+                r.grants,
+                total as f64 / per.max(1) as f64,
+                ops.join(", ")
+            ));
+        }
     }
     out.push_str("\nARM requests by operation:\n\n| N | phase | requests |\n|---|---|---|\n");
     for r in rows {
@@ -670,6 +826,7 @@ fn table(rows: &[Row], options: &Options) -> String {
             ("drift", &r.drift_requests),
             ("churn", &r.churn_requests),
             ("restart", &r.restart_requests),
+            ("failover", &r.failover_requests),
         ] {
             let ops: Vec<String> = req.by_operation.iter().map(|(op, n)| format!("{op} {n}")).collect();
             out.push_str(&format!("| {} | {phase} | {} |\n", r.grants, ops.join(", ")));

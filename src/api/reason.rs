@@ -44,6 +44,10 @@ pub enum Appears {
     Event,
     /// Both.
     StatusAndEvent,
+    /// The operator's log (info, with the grant): an outcome the spec asked for, which the
+    /// status already shows. Not an Event: one per grant and change would double the Kubernetes
+    /// writes of every rollout (issue 24).
+    Log,
 }
 
 macro_rules! reasons {
@@ -206,8 +210,8 @@ impl Reason {
     pub const fn appears(self) -> Appears {
         use Reason::*;
         match self {
-            Created | Updated | Deleted | DriftCorrected | AssignmentFailed | PolicyDenied | RoleNotResolved
-            | AssignmentsRetained => Appears::Event,
+            Created | Updated | Deleted => Appears::Log,
+            DriftCorrected | AssignmentFailed | PolicyDenied | RoleNotResolved | AssignmentsRetained => Appears::Event,
             Adopted
             | Expired
             | ExpiringSoon
@@ -350,9 +354,9 @@ impl Reason {
             InvalidPolicy => {
                 "GrantPolicy `Ready=False`: the policy fails validation or cannot be read; it allows nothing until fixed"
             }
-            Created => "Event: an assignment was created",
-            Updated => "Event: an assignment's condition or description was updated in place",
-            Deleted => "Event: an assignment the grant no longer wants was removed",
+            Created => "log: an assignment was created (status shows it; not an Event)",
+            Updated => "log: an assignment's condition or description was updated in place (not an Event)",
+            Deleted => "log: an assignment the grant no longer wants was removed (not an Event)",
             DriftCorrected => "Event: an assignment removed outside the operator was recreated",
             AssignmentFailed => "Event: Azure refused a write for a reason retrying will not fix",
             PolicyDenied => "Event: an entry became denied by GrantPolicy",
@@ -422,6 +426,7 @@ impl Reason {
                 Appears::Status => "status",
                 Appears::Event => "Event",
                 Appears::StatusAndEvent => "status, Event",
+                Appears::Log => "log",
             };
             let health = match reason.health() {
                 Health::Healthy => "healthy",

@@ -35,6 +35,19 @@ impl ClusterIndex {
         let _ = self.namespaces.set(store);
     }
 
+    /// Waits until the grant and namespace stores have each had their first full list, so
+    /// counts read from them are whole (a count from a half-filled store is a status write now
+    /// and another a moment later, on every start).
+    pub async fn wait_until_synced(&self) {
+        // Dropped writers mean shutdown; the caller's own read is then harmless.
+        for store in self.grants.get().into_iter().flatten() {
+            let _ = store.wait_until_ready().await;
+        }
+        if let Some(store) = self.namespaces.get() {
+            let _ = store.wait_until_ready().await;
+        }
+    }
+
     /// Every grant the controllers currently know.
     pub fn grants(&self) -> Vec<Arc<DatabricksIdentityGrant>> {
         self.grants.get().map(|stores| stores.iter().flat_map(Store::state).collect()).unwrap_or_default()

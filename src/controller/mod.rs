@@ -30,6 +30,7 @@ pub mod events;
 pub mod execute;
 pub mod expiry;
 pub mod index;
+pub mod intent;
 pub mod leader;
 pub mod lenient;
 pub mod pim;

@@ -18,6 +18,7 @@ use crate::policy::evaluate::selects;
 
 pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let previous = policy.status.clone().unwrap_or_default();
+    ctx.index.wait_until_synced().await;
     let validated = match super::lenient::unreadable(policy.as_ref()) {
         Some(problem) => Err(problem.to_owned()),
         None => validate_policy_spec(&policy.spec).map_err(|e| e.to_string()),

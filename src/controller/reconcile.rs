@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -25,7 +24,7 @@ use super::plan::Precedence;
 use super::report::{self, Report};
 use super::retry::RetryClass;
 use super::{Context, grant_key as key};
-use super::{expiry, pim};
+use super::{expiry, intent, pim};
 use crate::api::validation::{ValidatedGrant, validate_grant_spec};
 use crate::api::{DatabricksIdentityGrant, DatabricksIdentityGrantStatus, ManagementPolicy, Reason};
 use crate::azure::{ArmClient, RoleAssignmentId};
@@ -40,8 +39,6 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("cleanup incomplete: {0}")]
     Cleanup(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     /// The grant changed after this reconcile read it (its status patch carried the
     /// resourceVersion it read and got 409): the reconcile runs again on the latest version.
     /// Without this, a reconcile started from a store one event behind overwrote a newer status
@@ -62,7 +59,6 @@ impl ReconcileError {
 /// Entry point for the Controller.
 pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = grant.namespace().unwrap_or_default();
-    let api: Api<DatabricksIdentityGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %grant.name_any(), generation = grant.metadata.generation.unwrap_or_default());
     let _entered = span.enter();
     let started = std::time::Instant::now();
@@ -72,18 +68,15 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
         ctx.metrics.observe_reconcile(result.is_ok(), started);
         return result;
     }
-    let result = finalizer(&api, FINALIZER, grant, |event| async {
-        match event {
-            Event::Apply(g) => apply(&g, &ctx).await,
-            Event::Cleanup(g) => cleanup(&g, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(ReconcileError::StaleRead)
-        | kube::runtime::finalizer::Error::CleanupFailed(ReconcileError::StaleRead) => ReconcileError::StaleRead,
-        other => ReconcileError::Finalizer(other.to_string()),
-    });
+    // Not kube-runtime's finalizer helper: it adds the finalizer in a write of its own, and a
+    // grant's first creations record their write-ahead record in that same write (intent.rs).
+    let result = if grant.metadata.deletion_timestamp.is_none() {
+        apply(&grant, &ctx).await
+    } else if grant.finalizers().iter().any(|f| f == FINALIZER) {
+        finish_deletion(&grant, &ctx).await
+    } else {
+        Ok(Action::await_change())
+    };
     ctx.metrics.observe_reconcile(result.is_ok() || matches!(result, Err(ReconcileError::StaleRead)), started);
     match result {
         Err(ReconcileError::StaleRead) => {
@@ -101,7 +94,7 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
 async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: String) -> Result<Action, ReconcileError> {
     let has_finalizer = grant.finalizers().iter().any(|f| f == FINALIZER);
     if grant.metadata.deletion_timestamp.is_none() {
-        let previous = grant.status.clone().unwrap_or_default();
+        let previous = intent::recorded(grant);
         stop_early(grant, ctx, &previous, Reason::InvalidSpec, problem).await?;
         return Ok(Action::await_change());
     }
@@ -116,6 +109,12 @@ async fn unreadable(grant: &DatabricksIdentityGrant, ctx: &Context, problem: Str
         );
         publish(grant, ctx, vec![GrantEvent::new(Reason::AssignmentsRetained, message)]).await;
     }
+    finish_deletion(grant, ctx).await
+}
+
+/// A deleted grant: its assignments removed (or left, `deletionPolicy: Retain`), then the
+/// finalizer; an error keeps it.
+async fn finish_deletion(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action, ReconcileError> {
     cleanup(grant, ctx).await?;
     let remaining: Vec<&String> = grant.finalizers().iter().filter(|f| *f != FINALIZER).collect();
     // resourceVersion makes the patch fail rather than drop a finalizer added meanwhile.
@@ -189,7 +188,7 @@ pub(super) async fn arm_client(
 }
 
 async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action, ReconcileError> {
-    let previous = grant.status.clone().unwrap_or_default();
+    let previous = intent::recorded(grant);
     let validated = match validate_grant_spec(&grant.spec) {
         Ok(v) => v,
         Err(errors) => {
@@ -237,6 +236,18 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
         grant: key(grant),
     };
     let mut decision = decide::decide(&assessment.inputs(&grant.spec, &previous, enforce, &others, &precedence));
+    // The finalizer goes on before anything this grant made could be left behind by a deletion:
+    // with its first creations' write-ahead record (one write), or alone when it already has
+    // records (an older version's grant) or Azure PIM is about to write.
+    let mut read_at = grant.resource_version();
+    let mut finalized = grant.finalizers().iter().any(|f| f == FINALIZER);
+    let has_records = !previous.managed_assignments.is_empty()
+        || !previous.creating_assignments.is_empty()
+        || !previous.managed_schedules.is_empty();
+    if !finalized && (has_records || !held_by_pim.is_empty()) {
+        read_at = add_finalizer(grant, ctx, None).await?;
+        finalized = true;
+    }
     let schedules = if enforce && (!held_by_pim.is_empty() || !previous.managed_schedules.is_empty()) {
         let justification = validated
             .justification
@@ -258,14 +269,15 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
     };
 
     let mut previous = previous;
-    let read_at = match &decision.intent {
+    match &decision.intent {
+        Some(ids) if !finalized => read_at = add_finalizer(grant, ctx, Some(ids)).await?,
         Some(ids) => {
-            let (read_at, conditions) = record_intent(grant, ctx, &previous, ids).await?;
+            let (patched, conditions) = record_intent(grant, read_at, ctx, &previous, ids).await?;
             previous.conditions = conditions;
-            read_at
+            read_at = patched;
         }
-        None => grant.resource_version(),
-    };
+        None => {}
+    }
     let executed = super::execute::execute(ctx, &arm, &decision).await;
     let mut report = report::report(&grant.spec, &previous, decision, executed);
     report.status.managed_schedules = schedules;
@@ -287,6 +299,7 @@ async fn apply(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Action,
 /// status patch must carry and the conditions written.
 async fn record_intent(
     grant: &DatabricksIdentityGrant,
+    read_at: Option<String>,
     ctx: &Context,
     previous: &DatabricksIdentityGrantStatus,
     ids: &[String],
@@ -301,7 +314,7 @@ async fn record_intent(
             &grant.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&json!({
-                "metadata": {"resourceVersion": grant.resource_version()},
+                "metadata": {"resourceVersion": read_at},
                 "status": {"creatingAssignments": ids, "conditions": conditions, "observedGeneration": generation},
             })),
         )
@@ -309,6 +322,28 @@ async fn record_intent(
         .map_err(ReconcileError::from_status_patch)?;
     ctx.metrics.status_writes.inc();
     Ok((patched.resource_version(), conditions))
+}
+
+/// Adds the finalizer, with the write-ahead record of `creating` when given (intent.rs); returns
+/// the resourceVersion the status patch must then carry. The resourceVersion read makes a stale
+/// reconcile fail here, before it writes to Azure.
+async fn add_finalizer(
+    grant: &DatabricksIdentityGrant,
+    ctx: &Context,
+    creating: Option<&[String]>,
+) -> Result<Option<String>, ReconcileError> {
+    let mut finalizers = grant.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let mut metadata = json!({"finalizers": finalizers, "resourceVersion": grant.resource_version()});
+    if let Some(ids) = creating {
+        metadata["annotations"] = json!({intent::ANNOTATION: intent::annotation(grant, ids)});
+    }
+    let patched = raw_api(grant, ctx)
+        .patch(&grant.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"metadata": metadata})))
+        .await
+        .map_err(ReconcileError::from_status_patch)?;
+    ctx.metrics.status_writes.inc();
+    Ok(patched.resource_version())
 }
 
 /// A reconcile that stops before reading Azure: Ready false for `reason`, a Warning Event, and
@@ -376,11 +411,15 @@ async fn persist(
     Ok(())
 }
 
-/// Publishes events, one per reason.
+/// Publishes events, one per reason; outcomes the spec asked for are only logged
+/// ([`crate::api::reason::Appears::Log`]).
 pub(super) async fn publish(grant: &DatabricksIdentityGrant, ctx: &Context, events: Vec<GrantEvent>) {
     let reference = grant.object_ref(&());
     for event in GrantEvent::merged(events) {
         info!(grant = %key(grant), reason = %event.reason, note = %event.note, "event");
+        if event.reason.appears() == crate::api::reason::Appears::Log {
+            continue;
+        }
         if let Err(e) =
             ctx.events.publish(&reference, event.event_type(), event.reason.code(), "Reconcile", &event.note).await
         {
@@ -394,7 +433,7 @@ async fn cleanup(grant: &DatabricksIdentityGrant, ctx: &Context) -> Result<Actio
         info!(grant = %key(grant), "deletionPolicy Retain: leaving role assignments in Azure");
         return Ok(Action::await_change());
     }
-    let previous = grant.status.clone().unwrap_or_default();
+    let previous = intent::recorded(grant);
     let recorded: Vec<(&String, RoleAssignmentId)> = previous
         .managed_assignments
         .iter()

@@ -152,13 +152,14 @@ pub fn tuple_key(scope: &str, role_definition_id: &str, principal_id: &str) -> S
 }
 
 impl ClusterRecords {
-    /// From the grants' status: `managedAssignments`/`creatingAssignments` are managed,
-    /// entries `Adopted` name the assignment they use.
+    /// From the grants' records (status, and a first creation's write-ahead annotation):
+    /// `managedAssignments`/`creatingAssignments` are managed, entries `Adopted` name the
+    /// assignment they use.
     pub fn from_grants(grants: &[DatabricksIdentityGrant]) -> Self {
         let mut records = ClusterRecords::default();
         for grant in grants {
             let key = crate::controller::grant_key(grant);
-            let Some(status) = &grant.status else { continue };
+            let status = crate::controller::intent::recorded(grant);
             for id in status.managed_assignments.iter().chain(&status.creating_assignments) {
                 records.owners.insert(id.to_ascii_lowercase(), Ownership::Managed { grant: key.clone() });
             }
