@@ -319,8 +319,9 @@ pub struct DatabricksIdentityGrantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub creating_assignments: Vec<String>,
 
-    /// Role assignments the principal holds at the grant's scopes that no grant declares.
-    /// Reported, never touched.
+    /// Role assignments the principal holds at the grant's scopes that no grant declares and the
+    /// operator did not make (what a grant deleted with `deletionPolicy: Retain` left, `audit`
+    /// lists). Reported, never touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmanaged_assignments: Vec<UnmanagedAssignment>,
 

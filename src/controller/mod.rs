@@ -33,6 +33,7 @@ pub mod index;
 pub mod intent;
 pub mod leader;
 pub mod lenient;
+pub mod own_writes;
 pub mod pim;
 pub mod plan;
 pub mod policy_status;
@@ -126,6 +127,8 @@ pub struct Context {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The time expiry is judged by (see `clock.rs`).
     pub clock: clock::Clock,
+    /// Grant versions our own writes replaced (a reconcile from one is skipped).
+    pub own_writes: own_writes::OwnWrites,
     /// Per controller (its namespace, or `None` for all): wakes a grant out of schedule.
     triggers: Mutex<Vec<(Option<String>, GrantTrigger)>>,
     /// Set once the readiness probe runs (see [`spawn_readiness`]).
@@ -161,6 +164,7 @@ impl Context {
             settings,
             metrics,
             clock: clock::Clock::default(),
+            own_writes: own_writes::OwnWrites::default(),
             triggers: Mutex::default(),
             readiness: OnceLock::new(),
         }

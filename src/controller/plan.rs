@@ -231,7 +231,13 @@ pub fn plan(
     for o in observed {
         let ours = principal.as_deref() == Some(o.principal_id.as_str());
         let at_our_scope = scopes.iter().any(|s| **s == o.scope);
-        let declared = wanted.contains(&o.name)
+        // Named by this operator for its own tuple: some grant made it. Another grant's fresh
+        // creation shows in the list before that grant's status claims it; reporting it as
+        // unmanaged until then made one more status write for each grant sharing a principal
+        // and scope (issue 24). What a deleted grant left (`deletionPolicy: Retain`), `audit` lists.
+        let made_here = o.name == assignment_name(&o.principal_id, o.role_guid, &o.scope);
+        let declared = made_here
+            || wanted.contains(&o.name)
             || others.wanted.contains(&o.name)
             || managed.iter().any(|m| m.has_name(&o.name))
             || desired.iter().any(|d| d.role_guid == o.role_guid && d.scope == o.scope);
@@ -414,6 +420,18 @@ pub(crate) mod tests {
         let observed = vec![observed_from(&foreign_role, "f1"), observed_from(&elsewhere, "f2")];
         let p = plan(&want, &observed, &[], &[], &OtherGrants::default(), &me("t"));
         assert_eq!(p.unmanaged.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["f1"]);
+        assert!(p.deletions.is_empty());
+    }
+
+    /// Another grant's creation, listed before that grant's status claims it: named by the
+    /// operator for its tuple, so not reported (reporting it flapped every such grant's status).
+    #[test]
+    fn an_assignment_the_operator_named_is_not_reported_as_unmanaged() {
+        let want = vec![desired(0, "rg-a", 1, None)];
+        let other_grants = desired(0, "rg-a", 9, None);
+        let observed = vec![observed_from(&other_grants, &other_grants.name)];
+        let p = plan(&want, &observed, &[], &[], &OtherGrants::default(), &me("t"));
+        assert!(p.unmanaged.is_empty(), "{:?}", p.unmanaged);
         assert!(p.deletions.is_empty());
     }
 }

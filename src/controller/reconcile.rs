@@ -70,9 +70,16 @@ pub async fn reconcile(grant: Arc<DatabricksIdentityGrant>, ctx: Arc<Context>) -
     }
     // Not kube-runtime's finalizer helper: it adds the finalizer in a write of its own, and a
     // grant's first creations record their write-ahead record in that same write (intent.rs).
+    let uid = grant.meta().uid.clone().unwrap_or_default();
     let result = if grant.metadata.deletion_timestamp.is_none() {
+        if ctx.own_writes.replaced(&uid, grant.resource_version().as_deref()) {
+            // Our own write replaced this copy; its watch event reconciles the grant again.
+            tracing::debug!("a copy older than our last write; waiting for the newer one");
+            return Ok(Action::await_change());
+        }
         apply(&grant, &ctx).await
     } else if grant.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.own_writes.forget(&uid);
         finish_deletion(&grant, &ctx).await
     } else {
         Ok(Action::await_change())
@@ -321,6 +328,7 @@ async fn record_intent(
         .await
         .map_err(ReconcileError::from_status_patch)?;
     ctx.metrics.status_writes.inc();
+    own_write(grant, ctx, read_at, &patched);
     Ok((patched.resource_version(), conditions))
 }
 
@@ -343,7 +351,15 @@ async fn add_finalizer(
         .await
         .map_err(ReconcileError::from_status_patch)?;
     ctx.metrics.status_writes.inc();
+    own_write(grant, ctx, grant.resource_version(), &patched);
     Ok(patched.resource_version())
+}
+
+/// Notes that our write replaced version `from` of the grant (see `own_writes.rs`).
+fn own_write(grant: &DatabricksIdentityGrant, ctx: &Context, from: Option<String>, patched: &impl Resource) {
+    if let Some(uid) = grant.meta().uid.as_deref() {
+        ctx.own_writes.wrote(uid, from.as_deref(), patched.meta().resource_version.clone());
+    }
 }
 
 /// A reconcile that stops before reading Azure: Ready false for `reason`, a Warning Event, and
@@ -397,15 +413,16 @@ async fn persist(
             }
         }
         // The resourceVersion read makes a stale reconcile fail instead of overwriting.
-        raw_api(grant, ctx)
+        let patched = raw_api(grant, ctx)
             .patch_status(
                 &grant.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"metadata": {"resourceVersion": read_at}, "status": value})),
+                &Patch::Merge(&json!({"metadata": {"resourceVersion": read_at.clone()}, "status": value})),
             )
             .await
             .map_err(ReconcileError::from_status_patch)?;
         ctx.metrics.status_writes.inc();
+        own_write(grant, ctx, read_at, &patched);
     }
     publish(grant, ctx, events).await;
     Ok(())
