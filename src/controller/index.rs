@@ -35,17 +35,16 @@ impl ClusterIndex {
         let _ = self.namespaces.set(store);
     }
 
-    /// Waits until the grant and namespace stores have each had their first full list, so
-    /// counts read from them are whole (a count from a half-filled store is a status write now
-    /// and another a moment later, on every start).
-    pub async fn wait_until_synced(&self) {
-        // Dropped writers mean shutdown; the caller's own read is then harmless.
-        for store in self.grants.get().into_iter().flatten() {
-            let _ = store.wait_until_ready().await;
-        }
-        if let Some(store) = self.namespaces.get() {
-            let _ = store.wait_until_ready().await;
-        }
+    /// Whether the grant and namespace stores have each had their first full list, so counts
+    /// read from them are whole (a count from a half-filled store is a status write now and
+    /// another a moment later, on every start). Never waits: a reconcile blocked on a store
+    /// that cannot fill held up the operator's shutdown (real-API-server tier).
+    pub fn synced(&self) -> bool {
+        use futures::FutureExt;
+        // A dropped writer (shutdown) counts as synced: nothing more is coming.
+        let ready = |wait: Option<Result<(), _>>| wait.is_some();
+        self.grants.get().is_some_and(|stores| stores.iter().all(|s| ready(s.wait_until_ready().now_or_never())))
+            && self.namespaces.get().is_some_and(|s| ready(s.wait_until_ready().now_or_never()))
     }
 
     /// Every grant the controllers currently know.

@@ -2,6 +2,7 @@
 //! how many namespaces and grants it governs. Refreshed on every policy change and each resync.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -16,9 +17,15 @@ use crate::api::validation::validate_policy_spec;
 use crate::api::{GrantPolicy, GrantPolicyStatus};
 use crate::policy::evaluate::selects;
 
+/// When this process first reconciled a policy.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let previous = policy.status.clone().unwrap_or_default();
-    ctx.index.wait_until_synced().await;
+    // Counted from whole stores only; after a minute without them, from what there is.
+    if !ctx.index.synced() && STARTED.get_or_init(std::time::Instant::now).elapsed() < Duration::from_secs(60) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let validated = match super::lenient::unreadable(policy.as_ref()) {
         Some(problem) => Err(problem.to_owned()),
         None => validate_policy_spec(&policy.spec).map_err(|e| e.to_string()),
@@ -76,5 +83,5 @@ pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Ac
 
 pub fn error_policy(policy: Arc<GrantPolicy>, error: &kube::Error, _ctx: Arc<Context>) -> Action {
     warn!(policy = %policy.name_any(), %error, "GrantPolicy status");
-    Action::requeue(std::time::Duration::from_secs(10))
+    Action::requeue(Duration::from_secs(10))
 }
