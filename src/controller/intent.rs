@@ -51,6 +51,19 @@ pub fn pending(grant: &DatabricksIdentityGrant) -> Vec<String> {
     if intent.over == fingerprint(grant.status.as_ref()) { intent.creating } else { Vec::new() }
 }
 
+/// Drops the annotation from a watched copy once it no longer counts: kept in the cache it was
+/// about 400 bytes per grant for nothing (2 MB at 5000 grants).
+pub fn drop_settled(grant: &mut DatabricksIdentityGrant) {
+    let settled =
+        grant.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION)) && pending(grant).is_empty();
+    if let (true, Some(annotations)) = (settled, grant.metadata.annotations.as_mut()) {
+        annotations.remove(ANNOTATION);
+        if annotations.is_empty() {
+            grant.metadata.annotations = None;
+        }
+    }
+}
+
 /// The grant's record: its status, with the annotation's still-pending creates added to
 /// `creatingAssignments`. What every reconcile and cleanup starts from.
 pub fn recorded(grant: &DatabricksIdentityGrant) -> DatabricksIdentityGrantStatus {
@@ -122,6 +135,19 @@ mod tests {
         let g = grant(Some(both.clone()));
         let value = annotation(&g, &[ID.to_owned()]);
         assert_eq!(recorded(&annotated(g, value)), both);
+    }
+
+    #[test]
+    fn a_watched_copy_keeps_the_annotation_only_while_it_counts() {
+        let fresh = grant(None);
+        let value = annotation(&fresh, &[ID.to_owned()]);
+        let mut crashed = annotated(fresh, value.clone());
+        drop_settled(&mut crashed);
+        assert_eq!(pending(&crashed), vec![ID.to_owned()], "still the record");
+        let mut settled = annotated(grant(Some(DatabricksIdentityGrantStatus::default())), value);
+        settled.metadata.annotations.get_or_insert_default().insert("team".into(), "a".into());
+        drop_settled(&mut settled);
+        assert_eq!(settled.metadata.annotations, Some([("team".to_owned(), "a".to_owned())].into()));
     }
 
     #[test]

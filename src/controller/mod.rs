@@ -227,8 +227,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>
             let (reader, writer) = reflector::store();
             let (index, mut relists) = (ctx.clone(), claims::RelistTracker::new(ns.clone()));
             let grants = lenient::watch::<DatabricksIdentityGrant>(ctx.client.clone(), ns.as_deref())
-                // managedFields are never read and are most of a real API server's object size.
-                .modify(|g: &mut DatabricksIdentityGrant| g.managed_fields_mut().clear())
+                // managedFields are never read and are most of a real API server's object size;
+                // a settled write-ahead annotation is not read either.
+                .modify(|g: &mut DatabricksIdentityGrant| {
+                    g.managed_fields_mut().clear();
+                    intent::drop_settled(g);
+                })
                 .reflect(writer)
                 .inspect_ok(move |event| index.claims.observe(&mut relists, event))
                 .applied_objects();
