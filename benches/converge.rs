@@ -457,21 +457,8 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let cold_requests = requests_between(&stats0, &stats1);
     let cold_kube_writes = kube_writes_since(&sandbox, kube0, 0);
     let cold_kube_writes_by = kube_writes_by_target(&sandbox, kube0);
-    // Each subscription's buckets bound it separately; identity and role reads land on the
-    // sandbox's own subscription.
     let latency = Duration::from_millis(options.latency_ms);
-    let home = sandbox.estate.subscription_id.to_ascii_lowercase();
-    let floor = workload
-        .per_subscription
-        .iter()
-        .map(|(subscription, (writes, scopes))| {
-            let extra = if *subscription == home { workload.identities + workload.role_names.len() } else { 0 };
-            let roles = if *subscription == home { workload.role_names.len() } else { 0 };
-            // Microsoft.Authorization serves the scope lists, the role lookups and the writes.
-            let authorization = (scopes + roles + writes) as f64;
-            throttling_floor(&throttle, (scopes + extra) as f64, *writes as f64, authorization, latency)
-        })
-        .fold(0.0, f64::max);
+    let floor = estate_floor(&throttle, &workload, &sandbox, latency, Writes::Included);
 
     // 2. Steady state: one full resync period with nothing changed.
     let period = options.resync_interval;
@@ -607,7 +594,7 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     let failover_requests = requests_between(&stats6, &sandbox.arm.emulator.stats());
     let failover_kube_writes_by = kube_writes_by_target(&sandbox, kube6);
     drop(standby);
-    let restart_floor_seconds = restart_floor(&throttle, &workload, &sandbox, latency);
+    let restart_floor_seconds = estate_floor(&throttle, &workload, &sandbox, latency, Writes::None);
     sandbox.shutdown().await;
     Ok(Row {
         grants: n,
@@ -690,26 +677,41 @@ async fn until_reconciled(operator: &mut Operator, port: u16, n: usize, timeout:
     }
 }
 
-/// The least time a restart's reads take at Azure's read bucket: its bound on reads, per
-/// subscription, beyond the bucket's burst at its refill rate (the slowest subscription), with
-/// Microsoft.Authorization's own limit when the profile has one.
-fn restart_floor(
+/// Whether a floor counts the estate's writes (cold) or only its reads (a restart).
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    Included,
+    None,
+}
+
+/// The estate's floor: each subscription's buckets bound it separately (the slowest counts);
+/// identity and role reads land on the sandbox's own subscription, and Microsoft.Authorization
+/// serves the scope lists, the role lookups and the writes.
+fn estate_floor(
     throttle: &ThrottleConfig,
     workload: &workload::Workload,
     sandbox: &Sandbox,
     latency: Duration,
+    writes: Writes,
 ) -> f64 {
     let home = sandbox.estate.subscription_id.to_ascii_lowercase();
     workload
         .per_subscription
         .iter()
-        .map(|(subscription, (_, scopes))| {
+        .map(|(subscription, (assignments, scopes))| {
             let (extra, roles) = if *subscription == home {
                 (workload.identities + workload.role_names.len(), workload.role_names.len())
             } else {
                 (0, 0)
             };
-            throttling_floor(throttle, (scopes + extra) as f64, 0.0, (scopes + roles) as f64, latency)
+            let writes = if writes == Writes::Included { *assignments } else { 0 };
+            throttling_floor(
+                throttle,
+                (scopes + extra) as f64,
+                writes as f64,
+                (scopes + roles + writes) as f64,
+                latency,
+            )
         })
         .fold(0.0, f64::max)
 }

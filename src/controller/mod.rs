@@ -9,7 +9,10 @@
 //! - `report.rs` (pure): status, conditions (`conditions.rs`), Events (`events.rs`), retry
 //!   (`retry.rs`); every reason is an [`crate::api::Reason`].
 //!
-//! State has owners with narrow APIs: `index.rs` (grants, policies, namespaces as watched),
+//! A grant's first write-ahead record rides on the finalizer's write (`intent.rs`, pure).
+//!
+//! State has owners with narrow APIs: `own_writes.rs` (grant versions our own writes replaced, so
+//! a reconcile from one is skipped), `index.rs` (grants, policies, namespaces as watched),
 //! `claims.rs`, the resolver and scope cache, `concurrency.rs`, `retry.rs`' backoff. Around the
 //! controllers: `watches.rs` (policy and namespace watches that wake grants), `background.rs`
 //! (readiness, gauges, the drift-finding scope refresher), `leader.rs`, `policy_status.rs`
