@@ -32,6 +32,26 @@ pub enum ElectionError {
     ControllersStopped(String),
 }
 
+/// How often a standby asks whether the Lease is free. kube-lease-manager's own loop sleeps
+/// until the holder's Lease would expire, so a Lease released at shutdown sat unused for up to
+/// `lease_duration`; client-go's standbys likewise retry every 2 s.
+const STANDBY_POLL: Duration = Duration::from_secs(2);
+
+/// A Lease manager for `election` (it creates the Lease when missing).
+async fn lease_manager(
+    ctx: &Context,
+    election: &LeaderElection,
+) -> Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError> {
+    let seconds = u64::max(election.lease_duration.as_secs(), 2);
+    kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &election.lease_name)
+        .with_namespace(&election.lease_namespace)
+        .with_identity(&election.identity)
+        .with_duration(seconds)
+        .with_grace(u64::max(seconds / 3, 1))
+        .build()
+        .await
+}
+
 /// Waits as a standby until this replica leads, runs the controllers while it does, and on
 /// shutdown lets in-flight reconciles finish and releases the lease so a standby takes over at
 /// once. Losing the lease stops the controllers and returns an error (the pod restarts as a
@@ -60,18 +80,10 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     spawn_readiness(&ctx, shutdown.clone());
-    let seconds = u64::max(election.lease_duration.as_secs(), 2);
     // An API server that cannot be reached yet is waited for (the replica stays unready), not a
     // crash loop.
-    let manager = loop {
-        let built = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &election.lease_name)
-            .with_namespace(&election.lease_namespace)
-            .with_identity(&election.identity)
-            .with_duration(seconds)
-            .with_grace(u64::max(seconds / 3, 1))
-            .build()
-            .await;
-        match built {
+    let mut manager = loop {
+        match lease_manager(&ctx, &election).await {
             Ok(manager) => break manager,
             Err(e) => warn!(error = %e, "leader election: cannot reach the Lease yet; retrying"),
         }
@@ -82,20 +94,35 @@ where
     };
     ctx.metrics.leader.set(0);
     info!(lease = %election.lease_name, identity = %election.identity, "standby: waiting for the lease");
-    let (mut leading, lease_task) = manager.watch().await;
+    // A manager that has seen the Lease held sleeps until it would expire; each poll a fresh one
+    // reads it again, so a Lease released at shutdown is taken within a poll.
     loop {
-        if *leading.borrow_and_update() {
-            break;
-        }
-        tokio::select! {
-            changed = leading.changed() => if changed.is_err() { return Ok(()) },
+        let failed = tokio::select! {
+            changed = tokio::time::timeout(STANDBY_POLL, manager.changed()) => match changed {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) | Err(_) => false,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "leader election: cannot take the Lease; retrying");
+                    true
+                }
+            },
             _ = shutdown.changed() => {
-                drop(leading);
-                if let Ok(Ok(manager)) = lease_task.await { let _ = manager.release().await; }
+                let _ = manager.release().await;
                 return Ok(());
             }
+        };
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(STANDBY_POLL) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+        match lease_manager(&ctx, &election).await {
+            Ok(fresh) => manager = fresh,
+            Err(e) => warn!(error = %e, "leader election: cannot read the Lease; retrying"),
         }
     }
+    let (mut leading, lease_task) = manager.watch().await;
     info!(identity = %election.identity, "leading");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut controllers = tokio::spawn(work(ctx.clone(), stopped));

@@ -107,3 +107,48 @@ async fn a_leader_whose_controllers_stop_releases_the_lease_and_fails() {
     assert!(holder.as_deref().is_none_or(str::is_empty), "the lease is still held by {holder:?}");
     h.stop().await;
 }
+
+/// A leader that shuts down releases its Lease, and the standby leads within seconds — not at
+/// the Lease's expiry (30 s here, so the expiry cannot stand in for the handover).
+#[tokio::test]
+async fn a_released_lease_is_taken_over_within_seconds() {
+    let _scenario = crate::common::scenario("Faults: process", "leader election: released lease taken over at once");
+    let h = harness(StateConfig::default()).await;
+    let _ = h.stop_controller().await;
+    let (a_metrics, b_metrics) = (Metrics::new(), Metrics::new());
+    let (a, b) = (replica_context(&h.sandbox, a_metrics.clone()), replica_context(&h.sandbox, b_metrics.clone()));
+    let election = |identity: &str| LeaderElection {
+        lease_name: "handover".into(),
+        lease_namespace: "default".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(30),
+    };
+    let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
+    let replica_a = tokio::spawn(run_with_leader_election(a, election("replica-a"), stopped_a));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !leader(&a_metrics) {
+        assert!(tokio::time::Instant::now() < deadline, "replica A never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
+    let replica_b = tokio::spawn(run_with_leader_election(b, election("replica-b"), stopped_b));
+    // B has found the Lease held and gone to wait.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!leader(&b_metrics));
+
+    let _ = stop_a.send(true);
+    tokio::time::timeout(Duration::from_secs(10), replica_a)
+        .await
+        .expect("A stopped in time")
+        .expect("join")
+        .expect("clean stop");
+    let released = std::time::Instant::now();
+    while !leader(&b_metrics) {
+        assert!(released.elapsed() < Duration::from_secs(5), "B did not lead within 5 s of the release");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("the standby led {:?} after the leader released the Lease", released.elapsed());
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), replica_b).await;
+    h.stop().await;
+}
