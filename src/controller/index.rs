@@ -19,6 +19,8 @@ pub struct ClusterIndex {
     grants: OnceLock<Vec<Store<DatabricksIdentityGrant>>>,
     policies: OnceLock<Store<GrantPolicy>>,
     namespaces: OnceLock<Store<Namespace>>,
+    /// When [`ClusterIndex::whole_or_waited`] was first asked.
+    first_asked: OnceLock<std::time::Instant>,
 }
 
 impl ClusterIndex {
@@ -45,6 +47,13 @@ impl ClusterIndex {
         let ready = |wait: Option<Result<(), _>>| wait.is_some();
         self.grants.get().is_some_and(|stores| stores.iter().all(|s| ready(s.wait_until_ready().now_or_never())))
             && self.namespaces.get().is_some_and(|s| ready(s.wait_until_ready().now_or_never()))
+    }
+
+    /// Whether counts read from the stores can be written: they are whole ([`Self::synced`]),
+    /// or `patience` has passed since this was first asked (a store that never fills must not
+    /// hold them back for ever; they are then counted from what there is).
+    pub fn whole_or_waited(&self, patience: std::time::Duration) -> bool {
+        self.synced() || self.first_asked.get_or_init(std::time::Instant::now).elapsed() >= patience
     }
 
     /// Every grant the controllers currently know.

@@ -17,13 +17,10 @@ use crate::api::validation::validate_policy_spec;
 use crate::api::{GrantPolicy, GrantPolicyStatus};
 use crate::policy::evaluate::selects;
 
-/// When this process first reconciled a policy.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
 pub async fn reconcile(policy: Arc<GrantPolicy>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let previous = policy.status.clone().unwrap_or_default();
     // Counted from whole stores only; after a minute without them, from what there is.
-    if !ctx.index.synced() && STARTED.get_or_init(std::time::Instant::now).elapsed() < Duration::from_secs(60) {
+    if !ctx.index.whole_or_waited(Duration::from_secs(60)) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let validated = match super::lenient::unreadable(policy.as_ref()) {

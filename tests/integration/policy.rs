@@ -223,3 +223,56 @@ async fn denied_identities_and_scopes_are_judged_without_asking_azure() {
     assert_eq!(requests, 0, "denied requests reached Azure: {:?}", h.sandbox.arm.emulator.stats());
     h.stop().await;
 }
+
+/// A restarted operator writes nothing to Kubernetes: every grant's status and each policy's
+/// counts are what is on record already. (A regression guard: at this size the grant store fills
+/// before the policy is first counted, so it does not reproduce the half-filled store that made
+/// every start write each policy's status twice at N = 5000; the bench's restart phase does.)
+#[tokio::test]
+async fn a_restarted_operator_writes_nothing_to_kubernetes() {
+    let _scenario = crate::common::scenario("Lifecycle", "restart: no Kubernetes writes, policy status included");
+    let h = harness(StateConfig::default()).await;
+    let client = h.sandbox.kube.emulator.client().expect("client");
+    let policies: Api<GrantPolicy> = Api::all(client.clone());
+    policies
+        .create(&PostParams::default(), &policy("team", json!(["Reader"]), json!([lake_scope()])))
+        .await
+        .expect("policy");
+    Api::<Namespace>::all(client)
+        .patch(
+            NS,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
+        )
+        .await
+        .expect("label");
+    let names: Vec<String> = (0..12).map(|i| format!("restarted-{i}")).collect();
+    for name in &names {
+        h.apply(&grant(name, h.connector_identity(), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
+    }
+    for name in &names {
+        h.ready(name).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while policies.get("team").await.expect("policy").status.is_none_or(|s| s.governed_grants != 12) {
+        assert!(tokio::time::Instant::now() < deadline, "the policy never counted its 12 grants");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.stop_controller().await;
+
+    let before = h.sandbox.kube.emulator.requests().len();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics = dbx_identity_operator::telemetry::Metrics::new();
+    let restarted = tokio::spawn(dbx_identity_operator::controller::run(replica_context(&h.sandbox, metrics), stopped));
+    // Every grant reconciled once (they resync every 2 s) and the policy had its grace to count.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), restarted).await;
+    let writes: Vec<String> = h.sandbox.kube.emulator.requests()[before..]
+        .iter()
+        .filter(|r| matches!(r.verb.as_str(), "create" | "patch" | "update" | "delete"))
+        .map(|r| format!("{} {}/{}", r.verb, r.resource, r.subresource))
+        .collect();
+    assert!(writes.is_empty(), "a restart wrote to Kubernetes: {writes:?}");
+    h.stop().await;
+}
