@@ -18,7 +18,7 @@ use clap::Parser;
 use dbx_identity_operator::api::validation::ValidatedIdentity;
 use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::azure::client::{ArmClient, arm_retry};
-use dbx_identity_operator::azure::credentials::{arm_client_options, client_secret};
+use dbx_identity_operator::azure::credentials::{arm_client, client_secret};
 use dbx_identity_operator::azure::models::WorkspaceAccessConnector;
 use dbx_identity_operator::controller::resolve::Resolver;
 use dbx_identity_operator::review::audit::{ClusterRecords, classify};
@@ -136,7 +136,7 @@ async fn client(arm: &ArmEmulatorHandle, operator: &str) -> ArmClient {
     let mut settings = arm.client_secret_settings(operator, SECRET);
     settings.arm_policies.push(Arc::new(ReadOnly));
     let credential = client_secret(&settings, TENANT_ID, OPERATOR_CLIENT_ID, SECRET).expect("credential");
-    ArmClient::new(arm.url(), credential, arm_client_options(&settings, arm_retry()).expect("options")).expect("client")
+    arm_client(arm.url(), credential, &settings, arm_retry()).expect("client")
 }
 
 async fn run(options: &Options) -> Vec<Row> {

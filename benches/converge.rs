@@ -635,22 +635,20 @@ async fn run_one(n: usize, options: &Options) -> Result<Row, String> {
     })
 }
 
-/// Reads a restart needs at most: each scope listed once, each identity resolved once (a
-/// workspace's managed identity is two GETs, a connector one) and each (role, scope) looked up
-/// once.
+/// Reads a restart needs at most: each scope listed once, each identity resolved once and each
+/// (role, scope) looked up once.
 fn restart_read_bound(workload: &workload::Workload) -> usize {
-    let identities: std::collections::BTreeMap<String, bool> =
-        workload.grants.iter().map(|g| (g.identity.to_string(), g.identity.get("workspace").is_some())).collect();
-    let identity_reads: usize = identities.values().map(|workspace| if *workspace { 2 } else { 1 }).sum();
-    let role_scopes: std::collections::BTreeSet<(String, String)> = workload
-        .grants
-        .iter()
-        .flat_map(|g| g.assignments.iter().map(|(r, s)| (r.to_ascii_lowercase(), s.to_ascii_lowercase())))
-        .collect();
-    workload.scopes.len() + identity_reads + role_scopes.len()
+    workload.scopes.len() + identity_reads(workload) + workload.role_lookups.values().sum::<usize>()
 }
 
-/// `reconciles_total{result="ok"}` of a running operator (0 until it answers).
+/// GETs resolving the estate's identities: a workspace's managed identity is two (the workspace,
+/// then the identity), an access connector one.
+fn identity_reads(workload: &workload::Workload) -> usize {
+    let identities: std::collections::BTreeMap<String, bool> =
+        workload.grants.iter().map(|g| (g.identity.to_string(), g.identity.get("workspace").is_some())).collect();
+    identities.values().map(|workspace| if *workspace { 2 } else { 1 }).sum()
+}
+
 /// The operator's default `--resync-interval`, which the restart and failover phases use.
 const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 
@@ -684,9 +682,10 @@ enum Writes {
     None,
 }
 
-/// The estate's floor: each subscription's buckets bound it separately (the slowest counts);
-/// identity and role reads land on the sandbox's own subscription, and Microsoft.Authorization
-/// serves the scope lists, the role lookups and the writes.
+/// The estate's floor: each subscription's buckets bound it separately (the slowest counts).
+/// Identity reads land on the sandbox's own subscription; role lookups (one per role and scope,
+/// as the restart bound counts them) on the scope's; Microsoft.Authorization serves the scope
+/// lists, the role lookups and the writes.
 fn estate_floor(
     throttle: &ThrottleConfig,
     workload: &workload::Workload,
@@ -699,15 +698,12 @@ fn estate_floor(
         .per_subscription
         .iter()
         .map(|(subscription, (assignments, scopes))| {
-            let (extra, roles) = if *subscription == home {
-                (workload.identities + workload.role_names.len(), workload.role_names.len())
-            } else {
-                (0, 0)
-            };
+            let roles = workload.role_lookups.get(subscription).copied().unwrap_or(0);
+            let identities = if *subscription == home { identity_reads(workload) } else { 0 };
             let writes = if writes == Writes::Included { *assignments } else { 0 };
             throttling_floor(
                 throttle,
-                (scopes + extra) as f64,
+                (scopes + roles + identities) as f64,
                 writes as f64,
                 (scopes + roles + writes) as f64,
                 latency,
@@ -716,6 +712,7 @@ fn estate_floor(
         .fold(0.0, f64::max)
 }
 
+/// `reconciles_total{result="ok"}` of a running operator (0 until it answers).
 async fn reconciled(url: &str) -> f64 {
     let Ok(response) = reqwest::get(url).await else { return 0.0 };
     let Ok(text) = response.text().await else { return 0.0 };

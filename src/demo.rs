@@ -12,9 +12,9 @@ use serde_json::json;
 
 use crate::api::{DatabricksIdentityGrant, GrantPolicy};
 use crate::azure::ResourceId;
-use crate::azure::client::{ArmClient, arm_retry};
+use crate::azure::client::arm_retry;
 use crate::azure::credentials::ArmClients;
-use crate::azure::credentials::arm_client_options;
+use crate::azure::credentials::arm_client;
 use crate::controller::{self, Context, ControllerSettings};
 use crate::sandbox::estate::SUBSCRIPTION_ID;
 use crate::sandbox::{self, Sandbox, SandboxOptions, arm};
@@ -197,7 +197,7 @@ pub async fn run(keep: bool, verbose: bool) -> Result<(), DemoError> {
     options.arm_faults = arm::FaultConfig { latency_ms: 15, jitter_ms: 10, ..arm::FaultConfig::default() };
     let sandbox = sandbox::start(options).await?;
     let (settings, credential) = sandbox.in_process_operator(DEMO_SECRET)?;
-    let operator = ArmClient::new(sandbox.arm.url(), credential, arm_client_options(&settings, arm_retry())?)?;
+    let operator = arm_client(sandbox.arm.url(), credential, &settings, arm_retry())?;
     let client = sandbox.kube.emulator.client().map_err(|e| DemoError::KubeClient(e.to_string()))?;
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -422,7 +422,7 @@ async fn audit_summary(sandbox: &sandbox::Sandbox, client: &kube::Client) -> Res
     use crate::review::{Progress, ReadOnly, audit, discover};
     let (mut settings, credential) = sandbox.in_process_operator(DEMO_SECRET)?;
     settings.arm_policies.push(Arc::new(ReadOnly));
-    let arm = ArmClient::new(sandbox.arm.url(), credential, arm_client_options(&settings, arm_retry())?)?;
+    let arm = arm_client(sandbox.arm.url(), credential, &settings, arm_retry())?;
     let query = discover::EstateQuery {
         subscriptions: vec![crate::sandbox::estate::SUBSCRIPTION_ID.into()],
         resource_groups: Vec::new(),

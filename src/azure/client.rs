@@ -103,6 +103,8 @@ pub struct ArmClient {
     /// caches of what Azure said are kept per credential, so one credential never sees what only
     /// another may read.
     credential_key: Arc<str>,
+    /// What this client's pacer knows, when it has one (the operator's pipeline does).
+    pacer: Option<super::pacing::PacerView>,
 }
 
 /// [`ArmClient::credential_key`] of the operator's own identity.
@@ -140,7 +142,7 @@ impl ArmClient {
             vec![auth],
             None,
         );
-        Ok(ArmClient { endpoint, pipeline, credential_key: Arc::from(OPERATOR_CREDENTIAL) })
+        Ok(ArmClient { endpoint, pipeline, credential_key: Arc::from(OPERATOR_CREDENTIAL), pacer: None })
     }
 
     /// The same client, labelled as authenticating with another credential than the operator's.
@@ -152,6 +154,22 @@ impl ArmClient {
     /// Whose answers this client gets (see the field); the key of per-credential caches.
     pub fn credential_key(&self) -> &str {
         &self.credential_key
+    }
+
+    /// The same client, knowing what `pacer` (a policy in its pipeline) knows.
+    pub fn with_pacer(mut self, pacer: super::pacing::PacerView) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// Microsoft.Authorization's own limit for `scope`'s subscription while this client has spent
+    /// its budget (see [`super::pacing::PaceBook::provider_busy`]): a read that can wait should,
+    /// since each one costs a write its slot.
+    pub fn authorization_busy(
+        &self,
+        scope: &ResourceId,
+    ) -> Option<(super::pacing::ProviderKey, super::pacing::ProviderWindow)> {
+        self.pacer.as_ref()?.busy(&RoleAssignmentId::collection_at(scope))
     }
 
     /// Whether this is the operator's own identity (whose answers every grant may share).

@@ -53,22 +53,22 @@ pub struct AzureSettings {
     pub pacing_observer: Option<Arc<dyn super::pacing::PacingObserver>>,
 }
 
-/// ARM client options: the CA bundle, ARM's retry policy, pacing from ARM's throttling headers
-/// (one pacer per client, i.e. per principal, as ARM meters them) and the extra policies.
-fn arm_options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
-    arm_client_options(settings, arm_retry())
-}
-
-/// The operator's ARM client options with another retry policy (tests and the demo use shorter
-/// waits); everything else — pacing, the extra policies — as the operator runs it.
-pub fn arm_client_options(
+/// An ARM client for `endpoint` with the operator's pipeline: the CA bundle, `retry`, pacing
+/// from ARM's throttling headers (one pacer per client, i.e. per principal, as ARM meters
+/// them; the client keeps a view of it) and the extra policies. `run` uses ARM's retry policy;
+/// tests and the demo pass shorter waits.
+pub fn arm_client(
+    endpoint: &str,
+    credential: Arc<dyn TokenCredential>,
     settings: &AzureSettings,
     retry: azure_core::http::RetryOptions,
-) -> Result<ClientOptions, AzureSetupError> {
+) -> Result<ArmClient, AzureSetupError> {
     let mut options = client_options(settings.ca_file.as_deref(), retry)?;
-    options.per_try_policies.push(Arc::new(super::pacing::PacingPolicy::observed_by(settings.pacing_observer.clone())));
+    let pacer = super::pacing::PacingPolicy::observed_by(settings.pacing_observer.clone());
+    let view = pacer.view();
+    options.per_try_policies.push(Arc::new(pacer));
     options.per_try_policies.extend(settings.arm_policies.iter().cloned());
-    Ok(options)
+    Ok(ArmClient::new(endpoint, credential, options)?.with_pacer(view))
 }
 
 fn options(settings: &AzureSettings) -> Result<ClientOptions, AzureSetupError> {
@@ -229,7 +229,7 @@ impl ArmClients {
             return Ok(client.clone());
         }
         let credential = client_secret(&self.settings, tenant_id, client_id, secret)?;
-        let client = ArmClient::new(&self.settings.arm_endpoint, credential, arm_options(&self.settings)?)?
+        let client = arm_client(&self.settings.arm_endpoint, credential, &self.settings, arm_retry())?
             .with_credential_key(&format!("sp:{}/{}", tenant_id.to_ascii_lowercase(), client_id.to_ascii_lowercase()));
         cache.insert(key, client.clone());
         Ok(client)
@@ -239,5 +239,5 @@ impl ArmClients {
 /// Builds the operator's ARM client from settings.
 pub fn operator_client(settings: &AzureSettings) -> Result<ArmClient, AzureSetupError> {
     let credential = operator_credential(settings)?;
-    ArmClient::new(&settings.arm_endpoint, credential, arm_options(settings)?)
+    arm_client(&settings.arm_endpoint, credential, settings, arm_retry())
 }

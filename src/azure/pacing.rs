@@ -127,6 +127,14 @@ pub fn parse_provider_limit(message: &str) -> Option<ProviderWindow> {
 /// when the limit was learned.
 pub const PROVIDER_SHARE: f64 = 0.95;
 
+/// Requests the pacer sends to a provider per window once its limit is learned.
+fn provider_cap(learned: ProviderWindow) -> usize {
+    ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1)
+}
+
+/// Share of a window's allowance whose use makes the provider busy ([`PaceBook::provider_busy`]).
+const BUSY_SHARE: f64 = 0.9;
+
 /// Extra wait past a full window before its oldest send's slot is reused: the provider counts
 /// arrivals in windows of its own clock, and a request sent on the boundary may arrive early
 /// relative to it (latency varies). A fiftieth of the window, between 50 ms and 1 s.
@@ -375,7 +383,7 @@ impl PaceBook {
             slot = slot.max(*last);
         }
         if let Some(learned) = state.learned {
-            let cap = ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1);
+            let cap = provider_cap(learned);
             if state.sent.len() >= cap {
                 let reusable = state.sent[state.sent.len() - cap] + learned.window + provider_margin(learned.window);
                 slot = slot.max(reusable);
@@ -410,6 +418,20 @@ impl PaceBook {
     /// The provider's limit as learned, if any.
     pub fn provider_limit(&self, key: &ProviderKey) -> Option<ProviderWindow> {
         self.providers.get(key).and_then(|p| p.learned)
+    }
+
+    /// The provider's learned limit while its budget is spent: a slot is booked past `now`, a
+    /// 429's Retry-After still runs, or the last window's sends reached [`BUSY_SHARE`] of what the
+    /// pacer allows per window (the pacer sends a window's allowance at once and then none, so
+    /// the queue alone would flicker between empty and full). `None` when no limit is learned.
+    pub fn provider_busy(&self, key: &ProviderKey, now: Instant) -> Option<ProviderWindow> {
+        let state = self.providers.get(key)?;
+        let learned = state.learned?;
+        let booked = state.sent.back().is_some_and(|last| *last > now);
+        let blocked = state.blocked_until.is_some_and(|until| until > now);
+        let recent = state.sent.iter().filter(|t| now.saturating_duration_since(**t) < learned.window).count();
+        let spent = recent as f64 >= provider_cap(learned) as f64 * BUSY_SHARE;
+        (booked || blocked || spent).then_some(learned)
     }
 
     /// A bucket's first request ended without a response: the next request probes instead.
@@ -454,6 +476,30 @@ impl PacingPolicy {
 
     fn book(&self) -> std::sync::MutexGuard<'_, PaceBook> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only view of this pacer's book, for callers that decide whether a request is
+    /// worth its budget (see [`PacerView::busy`]).
+    pub fn view(&self) -> PacerView {
+        PacerView { book: self.book.clone() }
+    }
+}
+
+/// What a [`PacingPolicy`] knows, for the code above the pipeline: background reads (drift
+/// checks, cache refreshes) ask it before spending a provider's budget that writes need.
+#[derive(Debug, Clone)]
+pub struct PacerView {
+    book: Arc<Mutex<PaceBook>>,
+}
+
+impl PacerView {
+    /// The limit of the provider serving `path`, while its budget is spent
+    /// ([`PaceBook::provider_busy`]), with the provider it is.
+    pub fn busy(&self, path: &str) -> Option<(ProviderKey, ProviderWindow)> {
+        let key = provider_key(path)?;
+        let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let window = book.provider_busy(&key, Instant::now())?;
+        Some((key, window))
     }
 }
 
@@ -774,6 +820,38 @@ mod tests {
         // Other providers and subscriptions are not held.
         assert_eq!(book.ask_provider(&("s".into(), "microsoft.databricks".into()), asked), Duration::ZERO);
         assert_eq!(book.ask_provider(&("t".into(), "microsoft.authorization".into()), asked), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_provider_is_busy_while_its_window_is_spent_or_slots_are_booked_ahead() {
+        let mut book = PaceBook::default();
+        let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            book.ask_provider(&key, t0);
+        }
+        assert_eq!(book.provider_busy(&key, t0), None, "no limit learned: never busy");
+        let learned = ProviderWindow { limit: 4, window: Duration::from_secs(10) };
+        book.provider_throttled(&key, t0, Some(learned), Duration::from_secs(2));
+        assert_eq!(book.provider_busy(&key, t0 + Duration::from_secs(1)), Some(learned), "Retry-After runs");
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(book.provider_busy(&key, later), None, "the last window sent nothing");
+        // The pacer allows 3 per window (95% of 4): three asked at once go, the fourth is booked
+        // a window ahead.
+        let waits: Vec<Duration> = (0..4).map(|_| book.ask_provider(&key, later)).collect();
+        assert!(waits[..3].iter().all(Duration::is_zero) && waits[3] > Duration::ZERO, "{waits:?}");
+        assert_eq!(book.provider_busy(&key, later), Some(learned), "booked ahead");
+        // Nothing waits any more, but the window's allowance is spent: still busy.
+        let mut book = PaceBook::default();
+        book.provider_throttled(&key, t0, Some(learned), Duration::ZERO);
+        (0..3).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
+        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(5)), Some(learned), "window spent");
+        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(11)), None, "a window later");
+        // Two of three is not spent.
+        let mut book = PaceBook::default();
+        book.provider_throttled(&key, t0, Some(learned), Duration::ZERO);
+        (0..2).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
+        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(1)), None);
     }
 
     #[test]

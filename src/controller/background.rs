@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use kube::Api;
@@ -16,6 +16,7 @@ use kube::Resource;
 use super::{Context, expiry};
 use crate::api::{DatabricksIdentityGrant, Reason};
 use crate::azure::ResourceId;
+use crate::azure::pacing::{ProviderKey, ProviderWindow};
 use crate::telemetry::{ReadyLabels, WindowLabels};
 
 /// Readiness, the same for a leader and a standby: the API server answers and serves the grant
@@ -180,9 +181,37 @@ pub fn grant_counts(grants: &[Arc<DatabricksIdentityGrant>]) -> (HashMap<ReadyLa
     (counts, managed)
 }
 
+/// Share of a provider's learned limit the drift checks may spend while that limit is spent:
+/// there every list costs a write its slot.
+const BUSY_CHECK_SHARE: f64 = 0.05;
+
+/// The due scopes (oldest first) to check now. All of them, except where Microsoft.Authorization's
+/// own limit is spent ([`crate::azure::ArmClient::authorization_busy`]): there one check per
+/// `window / (limit × BUSY_CHECK_SHARE)` per provider (at 120 a minute, one every
+/// 10 s), so writes get the budget and drift is still found, later. `last` is when each provider
+/// was last checked under its limit.
+fn admit_checks(
+    due: Vec<ResourceId>,
+    busy: impl Fn(&ResourceId) -> Option<(ProviderKey, ProviderWindow)>,
+    last: &mut HashMap<ProviderKey, Instant>,
+    now: Instant,
+) -> Vec<ResourceId> {
+    due.into_iter()
+        .filter(|scope| {
+            let Some((provider, limit)) = busy(scope) else { return true };
+            let spacing = limit.window.div_f64(f64::from(limit.limit.max(1)) * BUSY_CHECK_SHARE);
+            if last.get(&provider).is_some_and(|at| now.saturating_duration_since(*at) < spacing) {
+                return false;
+            }
+            last.insert(provider, now);
+            true
+        })
+        .collect()
+}
+
 /// Lists every scope in use once per resync interval (not once per grant) and wakes the grants
 /// at a scope whose assignments changed in Azure: drift heals within one interval at a cost of
-/// one read per scope.
+/// one read per scope (less often while a provider's limit holds writes back: [`admit_checks`]).
 pub(super) fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         // Due one tick early, so each scope is listed once per resync interval, never twice.
@@ -190,6 +219,7 @@ pub(super) fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::wa
         let tick = (interval / 50).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let period = interval.saturating_sub(tick);
         let stopped = shutdown_signal(shutdown).shared();
+        let mut checked_busy = HashMap::new();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
@@ -197,7 +227,13 @@ pub(super) fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::wa
             }
             let arm = ctx.arm.operator().clone();
             let in_use_for = interval.max(ctx.settings.resync_interval) * 2;
-            let changed: Vec<ResourceId> = futures::stream::iter(ctx.scopes.due(period.max(tick), in_use_for))
+            let due = admit_checks(
+                ctx.scopes.due(period.max(tick), in_use_for),
+                |scope| arm.authorization_busy(scope),
+                &mut checked_busy,
+                Instant::now(),
+            );
+            let changed: Vec<ResourceId> = futures::stream::iter(due)
                 .map(|scope| {
                     let (ctx, arm) = (ctx.clone(), arm.clone());
                     async move {
@@ -266,6 +302,31 @@ mod tests {
             }))
             .expect("grant"),
         )
+    }
+
+    #[test]
+    fn drift_checks_under_a_providers_limit_get_a_share_of_it() {
+        let scope = |rg: &str| {
+            ResourceId::parse(&format!("/subscriptions/6f1c7d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f/resourceGroups/{rg}"))
+                .expect("scope")
+        };
+        let due = || vec![scope("a"), scope("b"), scope("c")];
+        let authorization: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let limit = ProviderWindow { limit: 120, window: Duration::from_secs(60) };
+        let mut last = HashMap::new();
+        let t0 = Instant::now();
+        assert_eq!(admit_checks(due(), |_| None, &mut last, t0).len(), 3, "nothing busy: every due scope");
+        let held = |_: &ResourceId| Some((authorization.clone(), limit));
+        assert_eq!(admit_checks(due(), held, &mut last, t0), vec![scope("a")], "one check, the oldest first");
+        let nine = t0 + Duration::from_secs(9);
+        assert!(admit_checks(due(), held, &mut last, nine).is_empty(), "5% of 120 a minute: one per 10 s");
+        assert_eq!(admit_checks(due(), held, &mut last, t0 + Duration::from_secs(10)), vec![scope("a")]);
+        // Another subscription's provider has its own share.
+        let other = |s: &ResourceId| {
+            Some(((if s == &scope("b") { "t" } else { "s" }).into(), "microsoft.authorization".into()))
+                .map(|k| (k, limit))
+        };
+        assert_eq!(admit_checks(due(), other, &mut last, t0 + Duration::from_secs(11)), vec![scope("b")]);
     }
 
     #[test]

@@ -469,6 +469,11 @@ type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
 /// How long our own PUT is assumed to be on its way into list results.
 const OWN_WRITE_GRACE: Duration = Duration::from_secs(60);
 
+/// While Microsoft.Authorization's own limit is spent ([`ArmClient::authorization_busy`]), a
+/// grant uses a cached list up to this many TTLs old rather than take a write's slot to list
+/// again; the scope refresher still checks every scope, at its reduced share.
+const BUSY_TTLS: u32 = 10;
+
 /// What a list compares by: everything a grant's plan looks at (every entry has the list's scope),
 /// so an out-of-band edit of any of it wakes the grants at the next refresh.
 fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
@@ -521,7 +526,8 @@ fn expand(scope: &str, a: &RoleAssignment) -> RoleAssignment {
 /// Role assignments per scope, shared by every grant. The controller's scope refresher lists
 /// each scope in use once per resync interval ([`ScopeAssignments::due`],
 /// [`ScopeAssignments::refresh`]); grants read the cache and list only when it is older than
-/// `ttl` (the refresher fell behind or cannot read the scope). Our own writes update the cache.
+/// `ttl` (the refresher fell behind or cannot read the scope) — or, while the provider's own
+/// limit is spent, [`BUSY_TTLS`] times that. Our own writes update the cache.
 pub struct ScopeAssignments {
     ttl: Duration,
     scopes: Mutex<HashMap<String, ScopeEntry>>,
@@ -554,12 +560,15 @@ impl ScopeAssignments {
     }
 
     /// Lists `scope`. Our own recent writes the list does not show are checked one by one with a
-    /// GET (consistent, unlike lists): still there means the list lags, gone means drift.
+    /// GET (consistent, unlike lists): still there means the list lags, gone means drift. While
+    /// the provider's limit is spent they are taken as lagging unchecked (each GET would cost a
+    /// write its slot); a list after [`OWN_WRITE_GRACE`] settles them.
     async fn read(
         arm: &ArmClient,
         scope: &ResourceId,
         cached: &Option<ScopeList>,
     ) -> Result<(Vec<RoleAssignment>, Vec<String>), ArmError> {
+        let check_own_writes = arm.authorization_busy(scope).is_none();
         // ARM's atScope() list also holds every assignment above the scope (its resource group's,
         // the subscription's), repeated in the list of each scope below. Plans compare exact
         // scopes only, so only those are kept: at 5000 grants the repeats were megabytes.
@@ -567,6 +576,10 @@ impl ScopeAssignments {
         let mut lagging = Vec::new();
         for (name, (at, _)) in cached.iter().flat_map(|c| &c.own_writes) {
             if at.elapsed() >= OWN_WRITE_GRACE || fresh.iter().any(|a| a.name.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            if !check_own_writes {
+                lagging.push(name.clone());
                 continue;
             }
             match arm.get_role_assignment(scope, name).await {
@@ -619,7 +632,11 @@ impl ScopeAssignments {
         }
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
-        if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < self.ttl) {
+        let ttl = match arm.authorization_busy(scope) {
+            Some(_) => self.ttl * BUSY_TTLS,
+            None => self.ttl,
+        };
+        if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < ttl) {
             return Ok(Self::expanded(entry));
         }
         let (fresh, lagging) = Self::read(arm, scope, &guard).await?;

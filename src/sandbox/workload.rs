@@ -67,6 +67,9 @@ pub struct Workload {
     pub per_subscription: BTreeMap<String, (usize, usize)>,
     pub identities: usize,
     pub role_names: BTreeSet<String>,
+    /// Distinct (role, scope) per subscription: roles are looked up by name where they are used
+    /// (a custom role is visible only within its assignable scopes), one read each.
+    pub role_lookups: BTreeMap<String, usize>,
 }
 
 /// What a scope is, and so which roles make sense there.
@@ -263,6 +266,14 @@ pub fn build(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Workload 
     for (scope, _) in &scope_list {
         per_subscription.entry(subscription_of(scope)).or_default().1 += 1;
     }
+    let role_scopes: BTreeSet<(String, String)> = grants
+        .iter()
+        .flat_map(|g| g.assignments.iter().map(|(r, s)| (r.to_ascii_lowercase(), s.to_ascii_lowercase())))
+        .collect();
+    let mut role_lookups: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, scope) in &role_scopes {
+        *role_lookups.entry(subscription_of(scope)).or_default() += 1;
+    }
     Workload {
         unique_tuples: unique.len(),
         per_subscription,
@@ -270,6 +281,7 @@ pub fn build(sandbox: &Sandbox, n: usize, scopes: usize, seed: u64) -> Workload 
         grants,
         scopes: scope_list,
         role_names,
+        role_lookups,
     }
 }
 

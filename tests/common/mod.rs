@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use dbx_identity_operator::api::{AssignmentState, DatabricksIdentityGrant, DatabricksIdentityGrantStatus};
-use dbx_identity_operator::azure::client::ArmClient;
 use dbx_identity_operator::azure::credentials::ArmClients;
-use dbx_identity_operator::azure::credentials::arm_client_options;
+use dbx_identity_operator::azure::credentials::arm_client;
 use dbx_identity_operator::controller::{self, Context, ControllerSettings};
 use dbx_identity_operator::policy::evaluate::PolicyMode;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
@@ -81,8 +80,7 @@ pub async fn harness_resyncing(
     settings.arm_policies =
         vec![Arc::new(dbx_identity_operator::telemetry::ArmMetricsPolicy { metrics: metrics.clone() })];
     settings.pacing_observer = Some(metrics.clone());
-    let options = arm_client_options(&settings, fast_retry).expect("options");
-    let operator = ArmClient::new(sandbox.arm.url(), credential, options).expect("client");
+    let operator = arm_client(sandbox.arm.url(), credential, &settings, fast_retry).expect("client");
     let metrics_addr = dbx_identity_operator::telemetry::serve_metrics(([127, 0, 0, 1], 0).into(), metrics.clone())
         .await
         .expect("metrics");
@@ -298,8 +296,7 @@ pub fn guid_of(role_name: &str, h: &Harness) -> uuid::Uuid {
 /// A second, independent operator context against the same sandbox (another replica).
 pub fn replica_context(sandbox: &Sandbox, metrics: Arc<dbx_identity_operator::telemetry::Metrics>) -> Arc<Context> {
     let (settings, credential) = sandbox.in_process_operator(SECRET).expect("operator credential");
-    let options = arm_client_options(&settings, RetryOptions::none()).expect("options");
-    let operator = ArmClient::new(sandbox.arm.url(), credential, options).expect("client");
+    let operator = arm_client(sandbox.arm.url(), credential, &settings, RetryOptions::none()).expect("client");
     let client = sandbox.kube.emulator.client().expect("kube client");
     Arc::new(Context::new(
         client,

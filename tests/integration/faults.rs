@@ -202,6 +202,59 @@ async fn a_providers_window_is_learned_from_its_429_and_kept() {
     h.stop().await;
 }
 
+/// While a provider's limit holds requests back, the drift checks (every 2 s here) and the
+/// grants' expired scope caches must not spend its budget: each list is a write fewer. The
+/// convergence lists each scope about once, plus a drift check now and then.
+#[tokio::test]
+async fn drift_checks_yield_to_writes_a_providers_limit_holds_back() {
+    let _scenario =
+        crate::common::scenario("Faults: ARM", "provider limit: drift checks yield to the writes it holds back");
+    // Lists lag our writes by 2 s, so the drift checks have own writes to verify.
+    let h = harness(StateConfig { list_lag: Duration::from_secs(2), ..StateConfig::default() }).await;
+    // 6 requests per 3 s: the writes below take about 20 s, ten resync intervals.
+    let window = Duration::from_secs(3);
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig {
+        providers: vec![ProviderLimit { limit: 6, window_seconds: window.as_secs(), ..ProviderLimit::authorization() }],
+        ..ThrottleConfig::default()
+    });
+    let scopes = ["rg-lake", "rg-analytics"];
+    let roles = ["Reader", "Storage Blob Data Reader", "Storage Blob Data Contributor", "Key Vault Secrets User"];
+    let mut names = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        for (j, scope) in scopes.iter().enumerate() {
+            for (k, identity) in
+                [h.connector_identity(), h.workspace_identity(0), h.workspace_identity(1)].into_iter().enumerate()
+            {
+                let name = format!("held-{i}-{j}-{k}");
+                h.apply(&grant(&name, identity, json!([{"role": role, "scope": rg(scope)}]))).await;
+                names.push(name);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    all_ready_within(&h, &names, Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    let stats = h.sandbox.arm.emulator.stats();
+    let count = |op: &str| -> u64 { stats.iter().filter(|((o, _), _)| o == op).map(|(_, n)| n).sum() };
+    let (lists, gets, puts) = (count("ListRoleAssignments"), count("GetRoleAssignment"), count("PutRoleAssignment"));
+    println!(
+        "provider limit held {puts} PUTs for {took:?}: {lists} scope lists, {gets} assignment GETs (2 scopes, 2 s resync)"
+    );
+    assert!(
+        took > Duration::from_secs(10),
+        "converged in {took:?}: the limit held nothing back, the test proves nothing"
+    );
+    // Each scope listed by its first grant and by a drift check before the first 429 taught the
+    // limit; after that, drift checks get 5% of the limit (one per 3 s / (6 × 0.05) = 10 s).
+    let spacing = window.as_secs_f64() / (6.0 * 0.05);
+    let bound = 2 * scopes.len() as u64 + 1 + (took.as_secs_f64() / spacing) as u64;
+    assert!(lists <= bound, "{lists} scope lists while writes waited for the provider (bound {bound})");
+    assert!(gets <= scopes.len() as u64, "{gets} GETs checking our own writes while writes waited");
+    h.sandbox.arm.emulator.set_throttling(ThrottleConfig::default());
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
 async fn all_ready_within(h: &Harness, names: &[String], limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     for name in names {

@@ -363,12 +363,13 @@ async fn the_read_only_pipeline_refuses_writes_before_they_leave() {
     h.stop_controller().await;
     let (mut settings, credential) = h.sandbox.in_process_operator(crate::common::SECRET).expect("credential");
     settings.arm_policies.push(std::sync::Arc::new(dbx_identity_operator::review::ReadOnly));
-    let options = dbx_identity_operator::azure::credentials::arm_client_options(
+    let arm = dbx_identity_operator::azure::credentials::arm_client(
+        h.sandbox.arm.url(),
+        credential,
         &settings,
         azure_core::http::RetryOptions::none(),
     )
-    .expect("options");
-    let arm = dbx_identity_operator::azure::ArmClient::new(h.sandbox.arm.url(), credential, options).expect("client");
+    .expect("client");
     let scope = ResourceId::parse(&rg("rg-lake")).expect("scope");
     assert!(arm.list_role_assignments_at_scope(&scope).await.is_ok(), "reads pass");
     let before = arm_writes(&h);
