@@ -132,9 +132,6 @@ fn provider_cap(learned: ProviderWindow) -> usize {
     ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1)
 }
 
-/// Share of a window's allowance whose use makes the provider busy ([`PaceBook::provider_busy`]).
-const BUSY_SHARE: f64 = 0.9;
-
 /// Extra wait past a full window before its oldest send's slot is reused: the provider counts
 /// arrivals in windows of its own clock, and a request sent on the boundary may arrive early
 /// relative to it (latency varies). A fiftieth of the window, between 50 ms and 1 s.
@@ -152,6 +149,8 @@ struct ProviderState {
     sent: VecDeque<Instant>,
     /// Nothing is sent before this (a 429's Retry-After).
     blocked_until: Option<Instant>,
+    /// The send slot of the last request that had to wait for the learned limit.
+    last_held: Option<Instant>,
 }
 
 /// Below this many estimated tokens the bucket is paced; above it requests go at once.
@@ -389,6 +388,9 @@ impl PaceBook {
                 slot = slot.max(reusable);
             }
         }
+        if slot > now && state.learned.is_some() {
+            state.last_held = Some(slot);
+        }
         state.sent.push_back(slot);
         slot.saturating_duration_since(now)
     }
@@ -420,18 +422,16 @@ impl PaceBook {
         self.providers.get(key).and_then(|p| p.learned)
     }
 
-    /// The provider's learned limit while its budget is spent: a slot is booked past `now`, a
-    /// 429's Retry-After still runs, or the last window's sends reached [`BUSY_SHARE`] of what the
-    /// pacer allows per window (the pacer sends a window's allowance at once and then none, so
-    /// the queue alone would flicker between empty and full). `None` when no limit is learned.
+    /// The provider's learned limit while its budget is spent: a 429's Retry-After runs, or a
+    /// request had to wait for the limit within the last window (the pacer sends a window's
+    /// allowance at once and then nothing until the next, so whether anything waits right now
+    /// flickers; at each window's start nothing does). `None` when no limit is learned.
     pub fn provider_busy(&self, key: &ProviderKey, now: Instant) -> Option<ProviderWindow> {
         let state = self.providers.get(key)?;
         let learned = state.learned?;
-        let booked = state.sent.back().is_some_and(|last| *last > now);
         let blocked = state.blocked_until.is_some_and(|until| until > now);
-        let recent = state.sent.iter().filter(|t| now.saturating_duration_since(**t) < learned.window).count();
-        let spent = recent as f64 >= provider_cap(learned) as f64 * BUSY_SHARE;
-        (booked || blocked || spent).then_some(learned)
+        let held = state.last_held.is_some_and(|slot| now < slot + learned.window);
+        (blocked || held).then_some(learned)
     }
 
     /// A bucket's first request ended without a response: the next request probes instead.
@@ -823,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn a_provider_is_busy_while_its_window_is_spent_or_slots_are_booked_ahead() {
+    fn a_provider_is_busy_for_a_window_after_a_request_waited_for_it() {
         let mut book = PaceBook::default();
         let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
         let t0 = Instant::now();
@@ -835,23 +835,21 @@ mod tests {
         book.provider_throttled(&key, t0, Some(learned), Duration::from_secs(2));
         assert_eq!(book.provider_busy(&key, t0 + Duration::from_secs(1)), Some(learned), "Retry-After runs");
         let later = t0 + Duration::from_secs(30);
-        assert_eq!(book.provider_busy(&key, later), None, "the last window sent nothing");
-        // The pacer allows 3 per window (95% of 4): three asked at once go, the fourth is booked
-        // a window ahead.
+        assert_eq!(book.provider_busy(&key, later), None, "nothing waited");
+        // The pacer allows 3 per window (95% of 4): three asked at once go, the fourth waits a
+        // window.
         let waits: Vec<Duration> = (0..4).map(|_| book.ask_provider(&key, later)).collect();
         assert!(waits[..3].iter().all(Duration::is_zero) && waits[3] > Duration::ZERO, "{waits:?}");
-        assert_eq!(book.provider_busy(&key, later), Some(learned), "booked ahead");
-        // Nothing waits any more, but the window's allowance is spent: still busy.
+        assert_eq!(book.provider_busy(&key, later), Some(learned), "a request waits");
+        // At its slot nothing waits any more; the provider stays busy for a window after it.
+        let sent = later + waits[3];
+        assert_eq!(book.provider_busy(&key, sent + Duration::from_secs(9)), Some(learned));
+        assert_eq!(book.provider_busy(&key, sent + Duration::from_secs(10)), None, "a window later");
+        // Up to the allowance, nothing waits: not busy.
         let mut book = PaceBook::default();
         book.provider_throttled(&key, t0, Some(learned), Duration::ZERO);
         (0..3).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
-        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(5)), Some(learned), "window spent");
-        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(11)), None, "a window later");
-        // Two of three is not spent.
-        let mut book = PaceBook::default();
-        book.provider_throttled(&key, t0, Some(learned), Duration::ZERO);
-        (0..2).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
-        assert_eq!(book.provider_busy(&key, later + Duration::from_secs(1)), None);
+        assert_eq!(book.provider_busy(&key, later), None);
     }
 
     #[test]

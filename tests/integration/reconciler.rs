@@ -679,6 +679,65 @@ async fn a_first_convergence_is_two_kubernetes_writes() {
     h.stop().await;
 }
 
+/// Issue 24: after the first convergence, a change that creates nothing (a removal, an edited
+/// description) is one Kubernetes write, its status. A change that creates is two: the
+/// write-ahead record of the creations goes into status before the PUT (the crash safety the
+/// kill loop checks), then the outcome. Resync 1 h, so nothing else writes.
+#[tokio::test]
+async fn a_change_is_one_kubernetes_write_or_two_when_it_creates() {
+    let h =
+        harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, Duration::from_secs(3600)).await;
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    let reader = json!({"role": "Reader", "scope": rg("rg-lake")});
+    let blob = json!({"role": "Storage Blob Data Reader", "scope": lake});
+    h.apply(&grant("g", h.connector_identity(), json!([reader, blob]))).await;
+    h.ready("g").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let change = |entries: serde_json::Value, generation: i64, managed: usize| {
+        let h = &h;
+        async move {
+            let from = h.sandbox.kube.emulator.requests().len();
+            let patch = json!({"spec": {"roleAssignments": entries}});
+            h.grants.patch("g", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+            h.wait_for("g", "the change applied", |g| {
+                g.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == Some(generation) && s.managed_assignments.len() == managed
+                }) && is_ready(g)
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.sandbox.kube.emulator.requests()[from..]
+                .iter()
+                .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch") && r.resource != "grantpolicies")
+                .map(|r| format!("{} {}/{}", r.verb, r.resource, r.subresource))
+                .collect::<Vec<String>>()
+        }
+    };
+    let removal = change(json!([reader]), 2, 1).await;
+    assert_eq!(
+        removal,
+        ["patch databricksidentitygrants/", "patch databricksidentitygrants/status"],
+        "the test's spec patch, then one status write"
+    );
+    let described = json!([{"role": "Reader", "scope": rg("rg-lake"), "description": "audited"}]);
+    let update = change(described.clone(), 3, 1).await;
+    assert_eq!(update, ["patch databricksidentitygrants/", "patch databricksidentitygrants/status"]);
+    let mut added = described.as_array().cloned().unwrap_or_default();
+    added.push(blob);
+    let creation = change(serde_json::Value::Array(added), 4, 2).await;
+    assert_eq!(
+        creation,
+        [
+            "patch databricksidentitygrants/",
+            "patch databricksidentitygrants/status",
+            "patch databricksidentitygrants/status"
+        ],
+        "the test's spec patch, the write-ahead record, the outcome"
+    );
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
 /// The crash the write-ahead record is for, on a grant's first creation: the PUT landed, the
 /// status write did not, and the spec then stopped wanting the assignment. The record (in the
 /// annotation written with the finalizer) makes the next reconcile remove it; without it the
