@@ -165,7 +165,7 @@ const UNKNOWN_RATE_WAIT: Duration = Duration::from_secs(1);
 /// overflowing `Instant + Duration`.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Retry-After assumed for a 429 without a usable one.
-const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// `x-ms-ratelimit-remaining-*`: ARM sends a count of whole requests. Anything else (negative,
 /// fractional, `inf`, `NaN`, absurdly large, junk) is ignored, as if the header were absent —

@@ -22,8 +22,8 @@ use crate::telemetry::{ReadyLabels, WindowLabels};
 /// Readiness, the same for a leader and a standby: the API server answers and serves the grant
 /// CRD (a one-item metadata list every few seconds). A standby is ready — it is doing its job —
 /// so a Deployment of two replicas reports 2/2 and rollouts finish; a replica that cannot reach
-/// the API server is not. Started once per process, by whichever of [`run`] and
-/// [`run_with_leader_election`] comes first; ends at shutdown.
+/// the API server is not. Started once per process, by whichever of [`super::run`] and
+/// [`super::run_with_leader_election`] comes first; ends at shutdown.
 pub fn spawn_readiness(ctx: &Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
     if ctx.readiness.set(()).is_err() {
         return;

@@ -527,7 +527,7 @@ fn expand(scope: &str, a: &RoleAssignment) -> RoleAssignment {
 /// each scope in use once per resync interval ([`ScopeAssignments::due`],
 /// [`ScopeAssignments::refresh`]); grants read the cache and list only when it is older than
 /// `ttl` (the refresher fell behind or cannot read the scope) — or, while the provider's own
-/// limit is spent, [`BUSY_TTLS`] times that. Our own writes update the cache.
+/// limit is spent, ten times that. Our own writes update the cache.
 pub struct ScopeAssignments {
     ttl: Duration,
     scopes: Mutex<HashMap<String, ScopeEntry>>,

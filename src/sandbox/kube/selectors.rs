@@ -99,7 +99,7 @@ impl LabelSelector {
 /// Field labels the emulator filters on: `metadata.name` and `metadata.namespace` for every type,
 /// and the ones the API server adds for core Events (what `kubectl describe` selects by). The
 /// API server allows each only on its type; here they are allowed everywhere.
-const FIELD_LABELS: [&str; 12] = [
+pub const FIELD_LABELS: [&str; 12] = [
     "metadata.name",
     "metadata.namespace",
     "involvedObject.kind",
