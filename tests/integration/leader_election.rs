@@ -24,23 +24,41 @@ fn leader(m: &Metrics) -> bool {
     m.render().lines().any(|l| l == "dbx_identity_operator_leader 1")
 }
 
-#[tokio::test]
-async fn only_the_leader_reconciles_and_the_standby_takes_over() {
-    let _scenario = crate::common::scenario("Faults: process", "leader election: graceful handover");
-    // The harness's own controller is stopped first: this test runs its own two replicas.
-    let h = harness(StateConfig::default()).await;
-    let _ = h.stop_controller().await;
+/// Two replicas with leader election on `lease`, each with its own context and metrics; A leads
+/// before B starts, so the roles are known.
+struct Replicas {
+    a_metrics: std::sync::Arc<Metrics>,
+    b_metrics: std::sync::Arc<Metrics>,
+    stop_a: tokio::sync::watch::Sender<bool>,
+    stop_b: tokio::sync::watch::Sender<bool>,
+    replica_a: tokio::task::JoinHandle<Result<(), ElectionError>>,
+    replica_b: tokio::task::JoinHandle<Result<(), ElectionError>>,
+}
+
+/// Stops a replica and expects it to end cleanly within 10 s (releasing its Lease).
+async fn stop_cleanly(
+    stop: &tokio::sync::watch::Sender<bool>,
+    replica: tokio::task::JoinHandle<Result<(), ElectionError>>,
+) {
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), replica)
+        .await
+        .expect("stopped in time")
+        .expect("join")
+        .expect("clean stop");
+}
+
+async fn two_replicas(h: &Harness, lease: &str, lease_duration: Duration) -> Replicas {
     let (a_metrics, b_metrics) = (Metrics::new(), Metrics::new());
     let (a, b) = (replica_context(&h.sandbox, a_metrics.clone()), replica_context(&h.sandbox, b_metrics.clone()));
     let election = |identity: &str| LeaderElection {
-        lease_name: "dbx-identity-operator".into(),
+        lease_name: lease.into(),
         lease_namespace: "default".into(),
         identity: identity.into(),
-        lease_duration: Duration::from_secs(3),
+        lease_duration,
     };
     let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
     let replica_a = tokio::spawn(run_with_leader_election(a, election("replica-a"), stopped_a));
-    // Let A take the lease before B starts, so the roles are known.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !leader(&a_metrics) {
         assert!(tokio::time::Instant::now() < deadline, "replica A never led");
@@ -48,6 +66,17 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     }
     let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
     let replica_b = tokio::spawn(run_with_leader_election(b, election("replica-b"), stopped_b));
+    Replicas { a_metrics, b_metrics, stop_a, stop_b, replica_a, replica_b }
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    let _scenario = crate::common::scenario("Faults: process", "leader election: graceful handover");
+    // The harness's own controller is stopped first: this test runs its own two replicas.
+    let h = harness(StateConfig::default()).await;
+    let _ = h.stop_controller().await;
+    let Replicas { a_metrics, b_metrics, stop_a, stop_b, replica_a, replica_b } =
+        two_replicas(&h, "dbx-identity-operator", Duration::from_secs(3)).await;
 
     h.apply(&grant("one", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("one").await;
@@ -60,12 +89,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     assert_eq!(holder.as_deref(), Some("replica-a"));
 
     // A shuts down gracefully: it releases the lease and B leads and reconciles new work.
-    let _ = stop_a.send(true);
-    tokio::time::timeout(Duration::from_secs(10), replica_a)
-        .await
-        .expect("A stopped in time")
-        .expect("join")
-        .expect("clean stop");
+    stop_cleanly(&stop_a, replica_a).await;
     h.apply(&grant("two", h.workspace_identity(1), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
     h.ready("two").await;
     assert!(leader(&b_metrics), "B did not take over");
@@ -115,33 +139,13 @@ async fn a_released_lease_is_taken_over_within_seconds() {
     let _scenario = crate::common::scenario("Faults: process", "leader election: released lease taken over at once");
     let h = harness(StateConfig::default()).await;
     let _ = h.stop_controller().await;
-    let (a_metrics, b_metrics) = (Metrics::new(), Metrics::new());
-    let (a, b) = (replica_context(&h.sandbox, a_metrics.clone()), replica_context(&h.sandbox, b_metrics.clone()));
-    let election = |identity: &str| LeaderElection {
-        lease_name: "handover".into(),
-        lease_namespace: "default".into(),
-        identity: identity.into(),
-        lease_duration: Duration::from_secs(30),
-    };
-    let (stop_a, stopped_a) = tokio::sync::watch::channel(false);
-    let replica_a = tokio::spawn(run_with_leader_election(a, election("replica-a"), stopped_a));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !leader(&a_metrics) {
-        assert!(tokio::time::Instant::now() < deadline, "replica A never led");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (stop_b, stopped_b) = tokio::sync::watch::channel(false);
-    let replica_b = tokio::spawn(run_with_leader_election(b, election("replica-b"), stopped_b));
+    let Replicas { b_metrics, stop_a, stop_b, replica_a, replica_b, .. } =
+        two_replicas(&h, "handover", Duration::from_secs(30)).await;
     // B has found the Lease held and gone to wait.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!leader(&b_metrics));
 
-    let _ = stop_a.send(true);
-    tokio::time::timeout(Duration::from_secs(10), replica_a)
-        .await
-        .expect("A stopped in time")
-        .expect("join")
-        .expect("clean stop");
+    stop_cleanly(&stop_a, replica_a).await;
     let released = std::time::Instant::now();
     while !leader(&b_metrics) {
         assert!(released.elapsed() < Duration::from_secs(5), "B did not lead within 5 s of the release");

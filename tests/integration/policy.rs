@@ -25,6 +25,12 @@ fn policy(name: &str, roles: serde_json::Value, scopes: serde_json::Value) -> Gr
     .expect("policy")
 }
 
+/// Labels the test namespace as `team`'s (the policies here select `dbx-operator.io/team`).
+async fn label_team(namespaces: &Api<Namespace>, team: &str) {
+    let label = json!({"metadata": {"labels": {"dbx-operator.io/team": team}}});
+    namespaces.patch(NS, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
+}
+
 fn lake_scope() -> String {
     format!("/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-lake/**")
 }
@@ -61,14 +67,7 @@ async fn policies_deny_allow_partially_tighten_and_loosen() {
         )
         .await
         .expect("policy");
-    namespaces
-        .patch(
-            NS,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
-        )
-        .await
-        .expect("label");
+    label_team(&namespaces, "analytics").await;
     let partial = h
         .wait_for("g", "partially allowed", |g| {
             g.status.as_ref().is_some_and(|s| s.role_assignments[0].state == AssignmentState::Assigned)
@@ -115,14 +114,7 @@ async fn policies_deny_allow_partially_tighten_and_loosen() {
     h.assert_invariant(&[]).await;
 
     // Relabel the namespace away from the policy: nothing is allowed any more; all removed.
-    namespaces
-        .patch(
-            NS,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "someone-else"}}})),
-        )
-        .await
-        .expect("relabel");
+    label_team(&namespaces, "someone-else").await;
     let orphaned = h
         .wait_for("g", "ungoverned", |g| condition(g, "PolicyCompliant").is_some_and(|c| c.1 == "NoGrantPolicy"))
         .await;
@@ -175,14 +167,7 @@ async fn denied_identities_and_scopes_are_judged_without_asking_azure() {
     }))
     .expect("policy");
     Api::<GrantPolicy>::all(client.clone()).create(&PostParams::default(), &only_uc).await.expect("policy");
-    Api::<Namespace>::all(client)
-        .patch(
-            NS,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
-        )
-        .await
-        .expect("label");
+    label_team(&Api::all(client.clone()), "analytics").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.sandbox.arm.emulator.reset_stats();
 
@@ -238,14 +223,7 @@ async fn a_restarted_operator_writes_nothing_to_kubernetes() {
         .create(&PostParams::default(), &policy("team", json!(["Reader"]), json!([lake_scope()])))
         .await
         .expect("policy");
-    Api::<Namespace>::all(client)
-        .patch(
-            NS,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"dbx-operator.io/team": "analytics"}}})),
-        )
-        .await
-        .expect("label");
+    label_team(&Api::all(client.clone()), "analytics").await;
     let names: Vec<String> = (0..12).map(|i| format!("restarted-{i}")).collect();
     for name in &names {
         h.apply(&grant(name, h.connector_identity(), json!([{"role": "Reader", "scope": rg("rg-lake")}]))).await;
