@@ -127,11 +127,6 @@ pub fn parse_provider_limit(message: &str) -> Option<ProviderWindow> {
 /// when the limit was learned.
 pub const PROVIDER_SHARE: f64 = 0.95;
 
-/// Requests the pacer sends to a provider per window once its limit is learned.
-fn provider_cap(learned: ProviderWindow) -> usize {
-    ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1)
-}
-
 /// Extra wait past a full window before its oldest send's slot is reused: the provider counts
 /// arrivals in windows of its own clock, and a request sent on the boundary may arrive early
 /// relative to it (latency varies). A fiftieth of the window, between 50 ms and 1 s.
@@ -382,7 +377,7 @@ impl PaceBook {
             slot = slot.max(*last);
         }
         if let Some(learned) = state.learned {
-            let cap = provider_cap(learned);
+            let cap = ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1);
             if state.sent.len() >= cap {
                 let reusable = state.sent[state.sent.len() - cap] + learned.window + provider_margin(learned.window);
                 slot = slot.max(reusable);

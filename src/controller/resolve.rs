@@ -632,11 +632,12 @@ impl ScopeAssignments {
         }
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
-        let ttl = match arm.authorization_busy(scope) {
-            Some(_) => self.ttl * BUSY_TTLS,
-            None => self.ttl,
+        // The pacer is asked only once the list is past its TTL: most calls find it fresh.
+        let usable = |e: &&ScopeList| {
+            let age = e.at.elapsed();
+            age < self.ttl || (age < self.ttl * BUSY_TTLS && arm.authorization_busy(scope).is_some())
         };
-        if let Some(entry) = guard.as_ref().filter(|e| e.at.elapsed() < ttl) {
+        if let Some(entry) = guard.as_ref().filter(usable) {
             return Ok(Self::expanded(entry));
         }
         let (fresh, lagging) = Self::read(arm, scope, &guard).await?;
