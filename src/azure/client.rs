@@ -168,7 +168,7 @@ impl ArmClient {
     pub fn authorization_busy(
         &self,
         scope: &ResourceId,
-    ) -> Option<(super::pacing::ProviderKey, super::pacing::ProviderWindow)> {
+    ) -> Option<(super::pacing::ProviderKey, super::pacing::ProviderBusy)> {
         self.pacer.as_ref()?.busy(&RoleAssignmentId::collection_at(scope))
     }
 

@@ -146,6 +146,33 @@ struct ProviderState {
     blocked_until: Option<Instant>,
     /// The send slot of the last request that had to wait for the learned limit.
     last_held: Option<Instant>,
+    /// When the current busy spell began ([`PaceBook::provider_busy`]).
+    busy_since: Option<Instant>,
+}
+
+impl ProviderState {
+    fn busy(&self, now: Instant) -> Option<ProviderWindow> {
+        let learned = self.learned?;
+        let blocked = self.blocked_until.is_some_and(|until| until > now);
+        let held = self.last_held.is_some_and(|slot| now < slot + learned.window);
+        (blocked || held).then_some(learned)
+    }
+
+    /// Marks the provider busy from `now` on, starting a spell unless one runs.
+    fn stay_busy(&mut self, now: Instant) {
+        if self.busy(now).is_none() {
+            self.busy_since = Some(now);
+        }
+    }
+}
+
+/// A provider whose budget is spent: its learned limit, and since when it has been spent
+/// without a break (a cache entry that was fresh then cannot have been changed by our writes
+/// since, which are what the budget goes to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderBusy {
+    pub limit: ProviderWindow,
+    pub since: Instant,
 }
 
 /// Below this many estimated tokens the bucket is paced; above it requests go at once.
@@ -384,6 +411,7 @@ impl PaceBook {
             }
         }
         if slot > now && state.learned.is_some() {
+            state.stay_busy(now);
             state.last_held = Some(slot);
         }
         state.sent.push_back(slot);
@@ -408,6 +436,7 @@ impl PaceBook {
         if stated.is_some() {
             state.learned = stated;
         }
+        state.stay_busy(now);
         let until = now + retry_after.min(MAX_RETRY_AFTER);
         state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
     }
@@ -421,12 +450,10 @@ impl PaceBook {
     /// request had to wait for the limit within the last window (the pacer sends a window's
     /// allowance at once and then nothing until the next, so whether anything waits right now
     /// flickers; at each window's start nothing does). `None` when no limit is learned.
-    pub fn provider_busy(&self, key: &ProviderKey, now: Instant) -> Option<ProviderWindow> {
+    pub fn provider_busy(&self, key: &ProviderKey, now: Instant) -> Option<ProviderBusy> {
         let state = self.providers.get(key)?;
-        let learned = state.learned?;
-        let blocked = state.blocked_until.is_some_and(|until| until > now);
-        let held = state.last_held.is_some_and(|slot| now < slot + learned.window);
-        (blocked || held).then_some(learned)
+        let limit = state.busy(now)?;
+        Some(ProviderBusy { limit, since: state.busy_since.unwrap_or(now) })
     }
 
     /// A bucket's first request ended without a response: the next request probes instead.
@@ -490,11 +517,11 @@ pub struct PacerView {
 impl PacerView {
     /// The limit of the provider serving `path`, while its budget is spent
     /// ([`PaceBook::provider_busy`]), with the provider it is.
-    pub fn busy(&self, path: &str) -> Option<(ProviderKey, ProviderWindow)> {
+    pub fn busy(&self, path: &str) -> Option<(ProviderKey, ProviderBusy)> {
         let key = provider_key(path)?;
         let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-        let window = book.provider_busy(&key, Instant::now())?;
-        Some((key, window))
+        let busy = book.provider_busy(&key, Instant::now())?;
+        Some((key, busy))
     }
 }
 
@@ -821,30 +848,36 @@ mod tests {
     fn a_provider_is_busy_for_a_window_after_a_request_waited_for_it() {
         let mut book = PaceBook::default();
         let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let busy = |book: &PaceBook, at: Instant| book.provider_busy(&key, at);
         let t0 = Instant::now();
         for _ in 0..5 {
             book.ask_provider(&key, t0);
         }
-        assert_eq!(book.provider_busy(&key, t0), None, "no limit learned: never busy");
-        let learned = ProviderWindow { limit: 4, window: Duration::from_secs(10) };
-        book.provider_throttled(&key, t0, Some(learned), Duration::from_secs(2));
-        assert_eq!(book.provider_busy(&key, t0 + Duration::from_secs(1)), Some(learned), "Retry-After runs");
+        assert_eq!(busy(&book, t0), None, "no limit learned: never busy");
+        let limit = ProviderWindow { limit: 4, window: Duration::from_secs(10) };
+        book.provider_throttled(&key, t0, Some(limit), Duration::from_secs(2));
+        let spell = |since| Some(ProviderBusy { limit, since });
+        assert_eq!(busy(&book, t0 + Duration::from_secs(1)), spell(t0), "Retry-After runs");
         let later = t0 + Duration::from_secs(30);
-        assert_eq!(book.provider_busy(&key, later), None, "nothing waited");
+        assert_eq!(busy(&book, later), None, "nothing waited");
         // The pacer allows 3 per window (95% of 4): three asked at once go, the fourth waits a
         // window.
         let waits: Vec<Duration> = (0..4).map(|_| book.ask_provider(&key, later)).collect();
         assert!(waits[..3].iter().all(Duration::is_zero) && waits[3] > Duration::ZERO, "{waits:?}");
-        assert_eq!(book.provider_busy(&key, later), Some(learned), "a request waits");
-        // At its slot nothing waits any more; the provider stays busy for a window after it.
+        assert_eq!(busy(&book, later), spell(later), "a request waits: a new spell");
+        // At its slot nothing waits any more; the provider stays busy for a window after it, and
+        // requests held meanwhile continue the same spell.
         let sent = later + waits[3];
-        assert_eq!(book.provider_busy(&key, sent + Duration::from_secs(9)), Some(learned));
-        assert_eq!(book.provider_busy(&key, sent + Duration::from_secs(10)), None, "a window later");
+        assert_eq!(busy(&book, sent + Duration::from_secs(9)), spell(later));
+        let held = std::iter::repeat_with(|| book.ask_provider(&key, sent)).find(|w| *w > Duration::ZERO);
+        let last = sent + held.unwrap_or_default();
+        assert_eq!(busy(&book, last + Duration::from_secs(9)), spell(later), "still the spell begun then");
+        assert_eq!(busy(&book, last + Duration::from_secs(10)), None, "a window later");
         // Up to the allowance, nothing waits: not busy.
         let mut book = PaceBook::default();
-        book.provider_throttled(&key, t0, Some(learned), Duration::ZERO);
+        book.provider_throttled(&key, t0, Some(limit), Duration::ZERO);
         (0..3).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
-        assert_eq!(book.provider_busy(&key, later), None);
+        assert_eq!(busy(&book, later), None);
     }
 
     #[test]

@@ -229,7 +229,7 @@ pub(super) fn spawn_scope_refresher(ctx: Arc<Context>, shutdown: tokio::sync::wa
             let in_use_for = interval.max(ctx.settings.resync_interval) * 2;
             let due = admit_checks(
                 ctx.scopes.due(period.max(tick), in_use_for),
-                |scope| arm.authorization_busy(scope),
+                |scope| arm.authorization_busy(scope).map(|(provider, busy)| (provider, busy.limit)),
                 &mut checked_busy,
                 Instant::now(),
             );

@@ -87,9 +87,28 @@ pub struct Resolver {
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn get_fresh<T: Clone>(map: &Mutex<HashMap<String, Entry<T>>>, key: &str, ttl: Duration) -> Option<T> {
-    let map = map.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(key).filter(|e| e.at.elapsed() < ttl).map(|e| e.value.clone())
+/// Whether a cache entry read at `at` may still answer at `now`: within `ttl`, or — while the
+/// provider that would read it again has spent its budget (`busy_since`, asked only past `ttl`) —
+/// when it was still fresh as that spell began. A cold start under a provider's limit outlasts
+/// any TTL; reading again then costs a write its slot, for an answer our own writes cannot have
+/// changed (they update the caches). What others change meanwhile is found by the scope
+/// refresher, at its reduced share, or once the spell ends.
+pub fn still_usable(at: Instant, now: Instant, ttl: Duration, busy_since: impl FnOnce() -> Option<Instant>) -> bool {
+    now.saturating_duration_since(at) < ttl || busy_since().is_some_and(|since| at + ttl > since)
+}
+
+fn get_fresh<T: Clone>(
+    map: &Mutex<HashMap<String, Entry<T>>>,
+    key: &str,
+    ttl: Duration,
+    busy_since: impl FnOnce() -> Option<Instant>,
+) -> Option<T> {
+    let (at, value) = {
+        let map = map.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get(key)?;
+        (entry.at, entry.value.clone())
+    };
+    still_usable(at, Instant::now(), ttl, busy_since).then_some(value)
 }
 
 fn put<T>(map: &Mutex<HashMap<String, Entry<T>>>, key: String, value: T) {
@@ -143,13 +162,13 @@ impl Resolver {
     /// only the operator's identity (or another grant's) could read.
     pub async fn principal(&self, arm: &ArmClient, identity: &ValidatedIdentity) -> Result<Principal, ResolveError> {
         let key = format!("{}@{}", identity_key(identity), arm.credential_key());
-        if let Some(p) = get_fresh(&self.identities, &key, self.ttl) {
+        if let Some(p) = get_fresh(&self.identities, &key, self.ttl, || None) {
             return Ok(p);
         }
         let gate = self.gate(&key);
         let resolved = {
             let _one_lookup = gate.lock().await;
-            match get_fresh(&self.identities, &key, self.ttl) {
+            match get_fresh(&self.identities, &key, self.ttl, || None) {
                 Some(p) => Ok(p),
                 None => {
                     resolve_identity(arm, identity).await.inspect(|p| put(&self.identities, key.clone(), p.clone()))
@@ -176,13 +195,14 @@ impl Resolver {
             ),
         } + "@"
             + arm.credential_key();
-        if let Some(r) = get_fresh(&self.roles, &key, self.ttl) {
+        let busy_since = || arm.authorization_busy(scope).map(|(_, busy)| busy.since);
+        if let Some(r) = get_fresh(&self.roles, &key, self.ttl, busy_since) {
             return Ok(r);
         }
         let gate = self.gate(&key);
         let resolved = {
             let _one_lookup = gate.lock().await;
-            match get_fresh(&self.roles, &key, self.ttl) {
+            match get_fresh(&self.roles, &key, self.ttl, busy_since) {
                 Some(r) => Ok(r),
                 None => resolve_role(arm, role, scope).await.map(|r| {
                     let r = self.shared(r);
@@ -469,11 +489,6 @@ type ScopeSlot = Arc<tokio::sync::Mutex<Option<ScopeList>>>;
 /// How long our own PUT is assumed to be on its way into list results.
 const OWN_WRITE_GRACE: Duration = Duration::from_secs(60);
 
-/// While Microsoft.Authorization's own limit is spent ([`ArmClient::authorization_busy`]), a
-/// grant uses a cached list up to this many TTLs old rather than take a write's slot to list
-/// again; the scope refresher still checks every scope, at its reduced share.
-const BUSY_TTLS: u32 = 10;
-
 /// What a list compares by: everything a grant's plan looks at (every entry has the list's scope),
 /// so an out-of-band edit of any of it wakes the grants at the next refresh.
 fn fingerprint(list: &[RoleAssignment]) -> std::collections::BTreeSet<String> {
@@ -527,7 +542,7 @@ fn expand(scope: &str, a: &RoleAssignment) -> RoleAssignment {
 /// each scope in use once per resync interval ([`ScopeAssignments::due`],
 /// [`ScopeAssignments::refresh`]); grants read the cache and list only when it is older than
 /// `ttl` (the refresher fell behind or cannot read the scope) — or, while the provider's own
-/// limit is spent, ten times that. Our own writes update the cache.
+/// limit is spent, older ([`still_usable`]). Our own writes update the cache.
 pub struct ScopeAssignments {
     ttl: Duration,
     scopes: Mutex<HashMap<String, ScopeEntry>>,
@@ -632,10 +647,10 @@ impl ScopeAssignments {
         }
         let slot = self.slot(scope);
         let mut guard = slot.lock().await;
-        // The pacer is asked only once the list is past its TTL: most calls find it fresh.
+        // While Microsoft.Authorization's own limit is spent, a list fresh when that began is
+        // used rather than a write's slot; the scope refresher still checks, at its share.
         let usable = |e: &&ScopeList| {
-            let age = e.at.elapsed();
-            age < self.ttl || (age < self.ttl * BUSY_TTLS && arm.authorization_busy(scope).is_some())
+            still_usable(e.at, Instant::now(), self.ttl, || arm.authorization_busy(scope).map(|(_, b)| b.since))
         };
         if let Some(entry) = guard.as_ref().filter(usable) {
             return Ok(Self::expanded(entry));
@@ -730,6 +745,22 @@ impl ScopeAssignments {
 mod scope_cache_tests {
     use super::*;
     use crate::azure::models::RoleAssignmentProperties;
+
+    #[test]
+    fn a_busy_provider_keeps_entries_fresh_when_its_spell_began() {
+        let ttl = Duration::from_secs(60);
+        let read = Instant::now();
+        let at = |secs| read + Duration::from_secs(secs);
+        let never = || -> Option<Instant> { panic!("the pacer was asked about a fresh entry") };
+        assert!(still_usable(read, at(59), ttl, never), "within the TTL, without asking the pacer");
+        assert!(!still_usable(read, at(60), ttl, || None), "past it, with the provider idle");
+        // Busy since 30 s after the read: the entry was fresh then, so it answers for the spell,
+        // however long it lasts.
+        assert!(still_usable(read, at(3600), ttl, || Some(at(30))));
+        // Busy only since the entry had expired: read it again (once; that copy then holds).
+        assert!(!still_usable(read, at(120), ttl, || Some(at(61))));
+        assert!(still_usable(at(121), at(3600), ttl, || Some(at(61))));
+    }
 
     #[test]
     fn the_fingerprint_sees_every_field_the_plan_compares() {
