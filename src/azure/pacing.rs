@@ -14,8 +14,11 @@
 //! limit and the window ("… exceeded the limit of '120' for time interval '00:01:00' …",
 //! Microsoft.Authorization in Azure/alzlib#168). The first such 429 teaches the pacer the
 //! provider's window ([`parse_provider_limit`]); from then on requests to that provider (per
-//! subscription) go at most [`PROVIDER_SHARE`] of the limit per window, counted over a sliding
-//! window (plus a small margin for latency), so no fixed window of the provider's sees more.
+//! subscription) go at most the limit per window, counted over a sliding window (plus a small
+//! margin for latency), so no fixed window of the provider's sees more. A 429 to a request sent
+//! under the learned limit means something else shares the count (another client of the same
+//! identity) or the provider counts differently: the pacer then keeps [`PROVIDER_SHARE_STEP`]
+//! further below it, each time, down to [`MIN_PROVIDER_SHARE`].
 //!
 //! [`PaceBook`] holds the decisions and is pure (time is passed in) so it is unit-tested without
 //! a server; [`PacingPolicy`] plugs it into azure_core's pipeline as a per-try policy.
@@ -123,9 +126,13 @@ pub fn parse_provider_limit(message: &str) -> Option<ProviderWindow> {
     (seconds > 0 && seconds <= 86_400).then(|| ProviderWindow { limit, window: Duration::from_secs(seconds) })
 }
 
-/// Share of a provider's stated limit the pacer uses: room for requests already on their way
-/// when the limit was learned.
-pub const PROVIDER_SHARE: f64 = 0.95;
+/// How much of a provider's stated limit the pacer gives up after each 429 to a request it sent
+/// within that limit (at most once per window). It starts at the whole limit: the requests on
+/// their way when the limit was learned are counted with the rest, and the floor a benchmark
+/// measures against is the whole limit too.
+pub const PROVIDER_SHARE_STEP: f64 = 0.05;
+/// The least share of a provider's limit the pacer keeps to, however often it is surprised.
+pub const MIN_PROVIDER_SHARE: f64 = 0.5;
 
 /// Extra wait past a full window before its oldest send's slot is reused: the provider counts
 /// arrivals in windows of its own clock, and a request sent on the boundary may arrive early
@@ -148,6 +155,10 @@ struct ProviderState {
     last_held: Option<Instant>,
     /// When the current busy spell began ([`PaceBook::provider_busy`]).
     busy_since: Option<Instant>,
+    /// How far below the learned limit the pacer keeps ([`PROVIDER_SHARE_STEP`]), and when it
+    /// last went further.
+    shortfall: f64,
+    lowered_at: Option<Instant>,
 }
 
 impl ProviderState {
@@ -391,7 +402,7 @@ impl PaceBook {
     }
 
     /// Reserves a send slot with the request's provider and says how long to wait for it: none
-    /// until the provider's limit is known, then at most [`PROVIDER_SHARE`] of it in any span
+    /// until the provider's limit is known, then at most its share of it in any span
     /// of its window. Slots are handed out in order of asking.
     pub fn ask_provider(&mut self, key: &ProviderKey, now: Instant) -> Duration {
         let state = self.providers.entry(key.clone()).or_default();
@@ -404,7 +415,8 @@ impl PaceBook {
             slot = slot.max(*last);
         }
         if let Some(learned) = state.learned {
-            let cap = ((f64::from(learned.limit) * PROVIDER_SHARE).floor() as usize).max(1);
+            let share = (1.0 - state.shortfall).max(MIN_PROVIDER_SHARE);
+            let cap = ((f64::from(learned.limit) * share).floor() as usize).max(1);
             if state.sent.len() >= cap {
                 let reusable = state.sent[state.sent.len() - cap] + learned.window + provider_margin(learned.window);
                 slot = slot.max(reusable);
@@ -424,15 +436,24 @@ impl PaceBook {
     }
 
     /// A provider answered 429 `ResourceRequestsThrottled`: hold its requests for `retry_after`
-    /// and, when the message stated it, keep to its limit from now on.
+    /// and, when the message stated it, keep to its limit from now on. `sent_within`: the request
+    /// was sent under a learned limit, so the count was not ours alone — keep further below it
+    /// (once per window: the requests in flight with it were sent on the same count).
     pub fn provider_throttled(
         &mut self,
         key: &ProviderKey,
         now: Instant,
         stated: Option<ProviderWindow>,
         retry_after: Duration,
+        sent_within: bool,
     ) {
         let state = self.providers.entry(key.clone()).or_default();
+        if let Some(learned) = state.learned.filter(|_| sent_within)
+            && state.lowered_at.is_none_or(|at| now >= at + learned.window)
+        {
+            state.shortfall = (state.shortfall + PROVIDER_SHARE_STEP).min(1.0 - MIN_PROVIDER_SHARE);
+            state.lowered_at = Some(now);
+        }
         if stated.is_some() {
             state.learned = stated;
         }
@@ -574,6 +595,9 @@ impl Policy for PacingPolicy {
                 tokio::time::sleep(hold).await;
             }
         }
+        // Whether this request goes under a learned provider limit (a 429 to it then says the
+        // count is not ours alone).
+        let within_limit = provider.as_ref().is_some_and(|p| self.book().provider_limit(p).is_some());
         if waited && let Some(observer) = &self.observer {
             observer.held(key.1, asked.elapsed());
         }
@@ -619,7 +643,7 @@ impl Policy for PacingPolicy {
                 let mut book = self.book();
                 // ARM let it through: its bucket is not empty.
                 book.observe(&key, Instant::now(), remaining, None, counted);
-                book.provider_throttled(provider, Instant::now(), stated, retry_after);
+                book.provider_throttled(provider, Instant::now(), stated, retry_after, within_limit);
             }
             _ => self.book().observe(&key, Instant::now(), remaining, Some(retry_after), counted),
         }
@@ -824,24 +848,56 @@ mod tests {
         }
         // The provider says 10 per 60 s and to come back in 5 s.
         let window = Duration::from_secs(60);
-        book.provider_throttled(&key, t0, Some(ProviderWindow { limit: 10, window }), Duration::from_secs(5));
+        book.provider_throttled(&key, t0, Some(ProviderWindow { limit: 10, window }), Duration::from_secs(5), false);
         assert_eq!(book.provider_held(&key, t0 + Duration::from_secs(1)), Some(Duration::from_secs(4)));
-        // 9 (95% of 10, rounded down) per window, counting the 5 already sent.
+        // 10 per window, counting the 5 already sent.
         let asked = t0 + Duration::from_secs(5);
         let slots: Vec<Instant> = (0..30).map(|_| asked + book.ask_provider(&key, asked)).collect();
         let mut all: Vec<Instant> = vec![t0; 5];
         all.extend(&slots);
         for (i, start) in all.iter().enumerate() {
             let within = all[i..].iter().filter(|t| t.saturating_duration_since(*start) < window).count();
-            assert!(within <= 9, "{within} requests within a window from slot {i}");
+            assert!(within <= 10, "{within} requests within a window from slot {i}");
         }
         assert!(slots.windows(2).all(|w| w[1] >= w[0]), "slots in order of asking");
-        // 35 requests at 9 per minute: the last goes in the fourth minute, not sooner.
+        // 35 requests at 10 per minute: the last goes in the fourth minute, not sooner.
         let last = slots.last().expect("slots").saturating_duration_since(t0);
         assert!(last >= Duration::from_secs(180) && last < Duration::from_secs(241), "{last:?}");
         // Other providers and subscriptions are not held.
         assert_eq!(book.ask_provider(&("s".into(), "microsoft.databricks".into()), asked), Duration::ZERO);
         assert_eq!(book.ask_provider(&("t".into(), "microsoft.authorization".into()), asked), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_429_within_the_learned_limit_keeps_the_pacer_further_below_it() {
+        let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let window = Duration::from_secs(60);
+        let limit = ProviderWindow { limit: 100, window };
+        // Requests a window allows at `at`, asked at once (the first held one is counted too: it
+        // is sent a window later, so windows are asked three apart).
+        let allowance = |book: &mut PaceBook, at: Instant| {
+            std::iter::repeat_with(|| book.ask_provider(&key, at)).take_while(Duration::is_zero).count()
+        };
+        let t0 = Instant::now();
+        let mut book = PaceBook::default();
+        book.provider_throttled(&key, t0, Some(limit), Duration::ZERO, false);
+        // The 429s of the requests on their way while it was learned say nothing more.
+        book.provider_throttled(&key, t0, Some(limit), Duration::ZERO, false);
+        assert_eq!(allowance(&mut book, t0), 100, "the whole limit");
+        // One sent within the limit met a 429: 5% below it. Those in flight with it (the same
+        // window) change nothing more.
+        let t1 = t0 + window * 3;
+        for _ in 0..3 {
+            book.provider_throttled(&key, t1, Some(limit), Duration::ZERO, true);
+        }
+        assert_eq!(allowance(&mut book, t1), 95);
+        // Again a window later: 10% below; and never below half, however often.
+        let mut at = t1;
+        for _ in 0..20 {
+            at += window * 3;
+            book.provider_throttled(&key, at, Some(limit), Duration::ZERO, true);
+        }
+        assert_eq!(allowance(&mut book, at), 50);
     }
 
     #[test]
@@ -855,19 +911,18 @@ mod tests {
         }
         assert_eq!(busy(&book, t0), None, "no limit learned: never busy");
         let limit = ProviderWindow { limit: 4, window: Duration::from_secs(10) };
-        book.provider_throttled(&key, t0, Some(limit), Duration::from_secs(2));
+        book.provider_throttled(&key, t0, Some(limit), Duration::from_secs(2), false);
         let spell = |since| Some(ProviderBusy { limit, since });
         assert_eq!(busy(&book, t0 + Duration::from_secs(1)), spell(t0), "Retry-After runs");
         let later = t0 + Duration::from_secs(30);
         assert_eq!(busy(&book, later), None, "nothing waited");
-        // The pacer allows 3 per window (95% of 4): three asked at once go, the fourth waits a
-        // window.
-        let waits: Vec<Duration> = (0..4).map(|_| book.ask_provider(&key, later)).collect();
-        assert!(waits[..3].iter().all(Duration::is_zero) && waits[3] > Duration::ZERO, "{waits:?}");
+        // The pacer allows 4 per window: four asked at once go, the fifth waits a window.
+        let waits: Vec<Duration> = (0..5).map(|_| book.ask_provider(&key, later)).collect();
+        assert!(waits[..4].iter().all(Duration::is_zero) && waits[4] > Duration::ZERO, "{waits:?}");
         assert_eq!(busy(&book, later), spell(later), "a request waits: a new spell");
         // At its slot nothing waits any more; the provider stays busy for a window after it, and
         // requests held meanwhile continue the same spell.
-        let sent = later + waits[3];
+        let sent = later + waits[4];
         assert_eq!(busy(&book, sent + Duration::from_secs(9)), spell(later));
         let held = std::iter::repeat_with(|| book.ask_provider(&key, sent)).find(|w| *w > Duration::ZERO);
         let last = sent + held.unwrap_or_default();
@@ -875,8 +930,8 @@ mod tests {
         assert_eq!(busy(&book, last + Duration::from_secs(10)), None, "a window later");
         // Up to the allowance, nothing waits: not busy.
         let mut book = PaceBook::default();
-        book.provider_throttled(&key, t0, Some(limit), Duration::ZERO);
-        (0..3).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
+        book.provider_throttled(&key, t0, Some(limit), Duration::ZERO, false);
+        (0..4).for_each(|_| assert_eq!(book.ask_provider(&key, later), Duration::ZERO));
         assert_eq!(busy(&book, later), None);
     }
 
