@@ -415,8 +415,8 @@ impl PaceBook {
             slot = slot.max(*last);
         }
         if let Some(learned) = state.learned {
-            let share = (1.0 - state.shortfall).max(MIN_PROVIDER_SHARE);
-            let cap = ((f64::from(learned.limit) * share).floor() as usize).max(1);
+            // `shortfall` is kept within 1 − MIN_PROVIDER_SHARE where it grows.
+            let cap = ((f64::from(learned.limit) * (1.0 - state.shortfall)).floor() as usize).max(1);
             if state.sent.len() >= cap {
                 let reusable = state.sent[state.sent.len() - cap] + learned.window + provider_margin(learned.window);
                 slot = slot.max(reusable);
