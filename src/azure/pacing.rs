@@ -942,4 +942,57 @@ mod tests {
         book.observe(&key(), t0, Some(0.0), None, false);
         assert_eq!(book.ask(&key(), t0), Pace::After(UNKNOWN_RATE_WAIT));
     }
+
+    /// Answers every request with Microsoft.Authorization's 429, counting what reaches it.
+    #[derive(Debug, Default)]
+    struct ThrottledProvider {
+        seen: Mutex<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Policy for ThrottledProvider {
+        async fn send(&self, _: &Context, _: &mut Request, _: &[Arc<dyn Policy>]) -> PolicyResult {
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let mut headers = azure_core::http::headers::Headers::new();
+            headers.insert("retry-after", "0");
+            let body = serde_json::json!({"error": {"code": PROVIDER_THROTTLED, "message":
+                "Number of requests for Microsoft.Authorization exceeded the limit of '100' for time interval '00:01:00'. Please try again after '0' seconds."}});
+            Ok(azure_core::http::AsyncRawResponse::from_bytes(
+                azure_core::http::StatusCode::TooManyRequests,
+                headers,
+                body.to_string().into_bytes(),
+            ))
+        }
+    }
+
+    /// The pipeline's part of the adaptive share: whether a 429'd request went under a learned
+    /// limit is decided in `send`, before the request leaves (the book's rule has its own test).
+    #[tokio::test]
+    async fn only_a_429_to_a_request_sent_under_a_learned_limit_lowers_the_share() {
+        let pacer = PacingPolicy::new();
+        let provider = Arc::new(ThrottledProvider::default());
+        let next: Vec<Arc<dyn Policy>> = vec![provider.clone()];
+        let key: ProviderKey = ("s".into(), "microsoft.authorization".into());
+        let shortfall = |pacer: &PacingPolicy| pacer.book().providers.get(&key).map(|p| p.shortfall);
+        let send = || async {
+            let url = "https://management.azure.com/subscriptions/s/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01";
+            let mut request = Request::new(url.parse().expect("url"), azure_core::http::Method::Get);
+            let response = pacer.send(&Context::new(), &mut request, &next).await.expect("a response");
+            assert_eq!(u16::from(response.status()), 429);
+        };
+        // The first 429 states the limit: learned, not a surprise (nothing was known when it went).
+        send().await;
+        assert_eq!(
+            pacer.book().provider_limit(&key),
+            Some(ProviderWindow { limit: 100, window: Duration::from_secs(60) })
+        );
+        assert_eq!(shortfall(&pacer), Some(0.0));
+        // The next went under the learned limit and still met a 429: the count is not ours alone.
+        send().await;
+        assert_eq!(shortfall(&pacer), Some(PROVIDER_SHARE_STEP));
+        // More in the same window change nothing more.
+        send().await;
+        assert_eq!(shortfall(&pacer), Some(PROVIDER_SHARE_STEP));
+        assert_eq!(*provider.seen.lock().expect("count"), 3);
+    }
 }
