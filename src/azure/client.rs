@@ -172,6 +172,12 @@ impl ArmClient {
         self.pacer.as_ref()?.busy(&RoleAssignmentId::collection_at(scope))
     }
 
+    /// When [`Self::authorization_busy`]'s spell began: cache entries fresh then stay usable
+    /// (`controller::resolve::still_usable`).
+    pub fn authorization_busy_since(&self, scope: &ResourceId) -> Option<std::time::Instant> {
+        self.authorization_busy(scope).map(|(_, busy)| busy.since)
+    }
+
     /// Whether this is the operator's own identity (whose answers every grant may share).
     pub fn is_operator(&self) -> bool {
         &*self.credential_key == OPERATOR_CREDENTIAL

@@ -195,7 +195,7 @@ impl Resolver {
             ),
         } + "@"
             + arm.credential_key();
-        let busy_since = || arm.authorization_busy(scope).map(|(_, busy)| busy.since);
+        let busy_since = || arm.authorization_busy_since(scope);
         if let Some(r) = get_fresh(&self.roles, &key, self.ttl, busy_since) {
             return Ok(r);
         }
@@ -649,9 +649,8 @@ impl ScopeAssignments {
         let mut guard = slot.lock().await;
         // While Microsoft.Authorization's own limit is spent, a list fresh when that began is
         // used rather than a write's slot; the scope refresher still checks, at its share.
-        let usable = |e: &&ScopeList| {
-            still_usable(e.at, Instant::now(), self.ttl, || arm.authorization_busy(scope).map(|(_, b)| b.since))
-        };
+        let usable =
+            |e: &&ScopeList| still_usable(e.at, Instant::now(), self.ttl, || arm.authorization_busy_since(scope));
         if let Some(entry) = guard.as_ref().filter(usable) {
             return Ok(Self::expanded(entry));
         }
