@@ -11,9 +11,10 @@ use dbx_identity_operator::azure::ResourceId;
 use dbx_identity_operator::policy::evaluate::PolicyMode;
 use dbx_identity_operator::sandbox::arm::{FaultConfig, StateConfig};
 use dbx_identity_operator::sandbox::estate::SUBSCRIPTION_ID;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 #[tokio::test]
@@ -779,6 +780,65 @@ async fn a_first_creation_interrupted_before_its_status_is_removed_when_no_longe
     let status = after.status.expect("status");
     assert_eq!(status.managed_assignments.len(), 1);
     assert!(!status.managed_assignments.contains(&id) && !status.creating_assignments.contains(&id));
+    h.stop().await;
+}
+
+/// The same crash on a later change, the case that makes a creating change two Kubernetes
+/// writes (issue 24): the PUT landed, the status write after it was lost, and the spec then
+/// stopped wanting the assignment. Whatever was on record when the last status write was due
+/// (here the `creatingAssignments` written before the PUT) must let the next process remove it;
+/// a change recorded only after its PUT (one write) leaves it in Azure with no record naming it.
+#[tokio::test]
+async fn a_change_interrupted_before_its_status_is_removed_when_no_longer_wanted() {
+    let h =
+        harness_resyncing(StateConfig::default(), Vec::new(), PolicyMode::Permissive, Duration::from_secs(3600)).await;
+    h.stop_controller().await;
+    let lake = h.sandbox.estate.scopes.storage_account.clone();
+    let reader = json!({"role": "Reader", "scope": rg("rg-lake")});
+    h.apply(&grant("g", h.workspace_identity(0), json!([reader]))).await;
+    let reconcile_as_a_new_process = |g: DatabricksIdentityGrant| {
+        let ctx = replica_context(&h.sandbox, dbx_identity_operator::telemetry::Metrics::new());
+        dbx_identity_operator::controller::reconcile::reconcile(std::sync::Arc::new(g), ctx)
+    };
+    reconcile_as_a_new_process(h.grants.get("g").await.expect("get")).await.expect("first reconcile");
+    let in_azure = || -> Vec<String> {
+        h.sandbox.arm.emulator.state().all_assignments().into_iter().map(|a| a.0.to_ascii_lowercase()).collect()
+    };
+    let before = in_azure();
+    let first = h.grants.get("g").await.expect("get").status.expect("status").managed_assignments;
+    assert_eq!(first.len(), 1, "the grant's first assignment");
+
+    // A change that creates, with every version of the grant its reconcile writes.
+    let added = json!({"spec": {"roleAssignments": [reader, {"role": "Storage Blob Data Reader", "scope": lake}]}});
+    let edited = h.grants.patch("g", &PatchParams::default(), &Patch::Merge(&added)).await.expect("edit");
+    let mut watch = h
+        .grants
+        .watch(&WatchParams::default(), &edited.resource_version().expect("resourceVersion"))
+        .await
+        .expect("watch")
+        .boxed();
+    reconcile_as_a_new_process(edited.clone()).await.expect("the change");
+    let mut versions = vec![edited];
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), watch.next()).await {
+        if let Ok(WatchEvent::Modified(g)) = event {
+            versions.push(g);
+        }
+    }
+    let created: Vec<String> = in_azure().into_iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(created.len(), 1, "the change's PUT landed: {created:?}");
+
+    // A crash right before the last status write: the status as it was stored then.
+    let [.., at_crash, _outcome] = versions.as_slice() else { panic!("no status write recorded the change") };
+    let mut crashed = h.grants.get("g").await.expect("get");
+    crashed.status = at_crash.status.clone();
+    h.grants.replace_status("g", &PostParams::default(), &crashed).await.expect("roll the outcome back");
+    // The spec stops wanting it before any process records the outcome.
+    let back = json!({"spec": {"roleAssignments": [reader]}});
+    let g = h.grants.patch("g", &PatchParams::default(), &Patch::Merge(&back)).await.expect("edit");
+    reconcile_as_a_new_process(g).await.expect("reconcile");
+    assert_eq!(in_azure(), before, "{created:?} stayed in Azure with no record naming it");
+    let status = h.grants.get("g").await.expect("get").status.expect("status");
+    assert!(status.creating_assignments.is_empty() && status.managed_assignments == first, "{status:?}");
     h.stop().await;
 }
 
