@@ -891,8 +891,11 @@ mod tests {
             book.provider_throttled(&key, t1, Some(limit), Duration::ZERO, true);
         }
         assert_eq!(allowance(&mut book, t1), 95);
-        // Again a window later: 10% below; and never below half, however often.
-        let mut at = t1;
+        // Again in a later window: 10% below; and never below half, however often.
+        let t2 = t1 + window * 3;
+        book.provider_throttled(&key, t2, Some(limit), Duration::ZERO, true);
+        assert_eq!(allowance(&mut book, t2), 90);
+        let mut at = t2;
         for _ in 0..20 {
             at += window * 3;
             book.provider_throttled(&key, at, Some(limit), Duration::ZERO, true);
