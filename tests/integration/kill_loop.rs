@@ -1,7 +1,8 @@
 //! Long (run by the second CI step, `cargo test --test integration -- --ignored kill_loop::`): the real
 //! binary SIGKILLed at random points, including between an Azure write and the status patch
-//! that records it, 50 times over a changing workload; then two replicas with the leader
-//! SIGKILLed mid-work. Each ends with every grant in its final state and the invariant.
+//! that records it (a new grant's first creation, and a converged grant's change), 50 times over
+//! a changing workload; then two replicas with the leader SIGKILLed mid-work. Each ends with every
+//! grant in its final state and the invariant.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,6 +59,11 @@ fn sigkill(replica: &mut Replica) {
 /// Assignment names in Azure that no grant records yet: the operator wrote them and was
 /// killed before the status patch that records them.
 async fn unrecorded(h: &Harness) -> usize {
+    unrecorded_tuples(h).await.len()
+}
+
+/// The unrecorded assignments themselves: (name, "scope|role", principal).
+async fn unrecorded_tuples(h: &Harness) -> Vec<(String, String, String)> {
     let recorded: std::collections::HashSet<String> = h
         .grants
         .list(&Default::default())
@@ -68,7 +74,39 @@ async fn unrecorded(h: &Harness) -> usize {
         .flat_map(|g| g.status.iter().flat_map(|s| s.managed_assignments.clone()))
         .filter_map(|id| id.rsplit('/').next().map(str::to_ascii_lowercase))
         .collect();
-    h.tuples().iter().filter(|(name, _, _)| !h.foreign.contains(name) && !recorded.contains(name)).count()
+    h.tuples().into_iter().filter(|(name, _, _)| !h.foreign.contains(name) && !recorded.contains(name)).collect()
+}
+
+/// A grant created by the loop (its principal is its own) that has converged, with the scopes
+/// its principal holds in Azure: changed, it goes through the change path (the write-ahead
+/// record in status, then the outcome), not a first creation's.
+async fn converged_of_its_own(
+    h: &Harness,
+    live: &[String],
+    principals: &std::collections::HashMap<String, String>,
+) -> Option<(String, String, Vec<String>)> {
+    for name in live.iter().rev() {
+        let Some(principal) = principals.get(name) else { continue };
+        let Ok(g) = h.grants.get(name).await else { continue };
+        let converged = g.status.as_ref().is_some_and(|s| {
+            s.observed_generation == g.metadata.generation
+                && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if converged {
+            let held = scopes_held(h, principal);
+            return Some((name.clone(), principal.clone(), held));
+        }
+    }
+    None
+}
+
+/// The scopes at which `principal` holds an assignment in Azure.
+fn scopes_held(h: &Harness, principal: &str) -> Vec<String> {
+    h.tuples()
+        .into_iter()
+        .filter(|(_, _, p)| p.eq_ignore_ascii_case(principal))
+        .map(|(_, tuple, _)| tuple.split('|').next().unwrap_or_default().to_owned())
+        .collect()
 }
 
 fn scopes() -> [String; 4] {
@@ -133,9 +171,15 @@ async fn sigkill_fifty_times_over_a_live_workload() {
         live.push(name);
     }
     let first_new = live.len();
+    // The loop's own grants, each with a principal of its own: name → principal.
+    let mut principals = std::collections::HashMap::new();
     let (mut kills, mut mid_write, mut moved_unrecorded, mut deleted_unrecorded) = (0, 0, 0, 0);
+    let (mut aimed_changes, mut changed_unrecorded) = (0, 0);
     for round in 0..50 {
         let before: std::collections::HashSet<String> = h.tuples().into_iter().map(|t| t.0).collect();
+        // Every fourth round the spec change is aimed at a converged grant and adds a scope its
+        // principal does not hold, so it creates through the change path.
+        let aimed = if round % 4 == 3 { converged_of_its_own(&h, &live, &principals).await } else { None };
         let mut child = spawn(&h, None, &log);
         // Change the workload while this incarnation runs: a new grant, a spec change, and
         // every other round a deletion.
@@ -148,15 +192,37 @@ async fn sigkill_fifty_times_over_a_live_workload() {
             h.sandbox.arm.emulator.state().create_user_assigned_identity(&uai, Duration::from_secs(86_400));
         h.apply(&grant(&name, json!({"principal": {"principalId": principal}}), roles_at(&mut rng))).await;
         live.push(name.clone());
-        let changed = live[rng.random_range(0..live.len())].clone();
-        let patch = json!({"spec": {"roleAssignments": roles_at(&mut rng)}});
+        principals.insert(name.clone(), principal.clone());
+        let (changed, roles) = match &aimed {
+            Some((changed, _, held)) => {
+                let fresh = scopes().into_iter().find(|s| !held.iter().any(|h| h.eq_ignore_ascii_case(s)));
+                let fresh = fresh.expect("a grant holds at most three of the four scopes");
+                (changed.clone(), json!([{"role": "Reader", "scope": fresh}]))
+            }
+            None => (live[rng.random_range(0..live.len())].clone(), roles_at(&mut rng)),
+        };
+        let patch = json!({"spec": {"roleAssignments": roles}});
         h.grants.patch(&changed, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
         if round % 2 == 1 && live.len() > 4 {
             let name = live.remove(rng.random_range(0..live.len()));
-            h.grants.delete(&name, &DeleteParams::default()).await.expect("delete");
-            deleted.push(name);
+            if aimed.is_some() && name == changed {
+                live.push(name);
+            } else {
+                h.grants.delete(&name, &DeleteParams::default()).await.expect("delete");
+                deleted.push(name);
+            }
         }
-        if round % 2 == 0 {
+        if let Some((_, aimed_principal, _)) = &aimed {
+            // Targeted: right after the change's assignment lands in Azure, before the status
+            // patch recording it can.
+            aimed_changes += 1;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !h.tuples().iter().any(|t| !before.contains(&t.0) && t.2.eq_ignore_ascii_case(aimed_principal))
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } else if round % 2 == 0 {
             // Targeted: right after a new assignment lands in Azure, before the status patch can.
             let deadline = Instant::now() + Duration::from_secs(10);
             while h.tuples().iter().all(|t| before.contains(&t.0)) && Instant::now() < deadline {
@@ -194,6 +260,18 @@ async fn sigkill_fifty_times_over_a_live_workload() {
                 _ => {}
             }
         }
+        if let Some((changed, aimed_principal, _)) = &aimed {
+            // The changed grant stops wanting its change's assignment before any incarnation
+            // records it: the same scope, another role.
+            let lost = unrecorded_tuples(&h).await.into_iter().find(|t| t.2.eq_ignore_ascii_case(aimed_principal));
+            if let Some((_, tuple, _)) = lost {
+                let scope = tuple.split('|').next().unwrap_or_default();
+                let roles = json!([{"role": "Storage Blob Data Reader", "scope": scope}]);
+                let patch = json!({"spec": {"roleAssignments": roles}});
+                h.grants.patch(changed, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+                changed_unrecorded += 1;
+            }
+        }
     }
     assert_eq!(kills, 50);
 
@@ -205,12 +283,18 @@ async fn sigkill_fifty_times_over_a_live_workload() {
     h.assert_invariant(&[]).await;
     println!(
         "50 SIGKILLs, {mid_write} between an Azure write and the status patch recording it; then \
-         {moved_unrecorded} such grants moved to another scope, {deleted_unrecorded} deleted"
+         {moved_unrecorded} such grants moved to another scope, {deleted_unrecorded} deleted; \
+         {changed_unrecorded} of {aimed_changes} changes of converged grants changed again before \
+         their creation was recorded"
     );
     assert!(mid_write > 0, "no kill landed between an Azure write and its status patch: the test proves less");
     assert!(
         moved_unrecorded > 0 && deleted_unrecorded > 0,
         "no grant changed or went before its write was recorded: the test proves less"
+    );
+    assert!(
+        changed_unrecorded > 0,
+        "no converged grant's change was killed before its status patch ({aimed_changes} aimed): the test proves less"
     );
     h.stop().await;
 }
