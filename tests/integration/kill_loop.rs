@@ -238,12 +238,7 @@ async fn sigkill_fifty_times_over_a_live_workload() {
             mid_write += 1;
             // The grant just written stops wanting what it has in Azure before any incarnation
             // records it: deleted, or moved to a scope it does not hold yet.
-            let held: Vec<String> = h
-                .tuples()
-                .into_iter()
-                .filter(|(_, _, p)| p.eq_ignore_ascii_case(&principal))
-                .map(|(_, tuple, _)| tuple.split('|').next().unwrap_or_default().to_owned())
-                .collect();
+            let held = scopes_held(&h, &principal);
             let elsewhere = scopes().into_iter().find(|s| !held.iter().any(|h| h.eq_ignore_ascii_case(s)));
             match elsewhere {
                 Some(scope) if round % 4 == 2 => {
