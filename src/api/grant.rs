@@ -391,11 +391,13 @@ pub struct RoleAssignmentStatus {
     pub role_definition_id: Option<String>,
     /// The scope as written in the spec.
     pub scope: String,
-    /// ARM id of the Azure role assignment, once it exists.
+    /// ARM id of the Azure role assignment, once it exists. Kept while the entry is `Pending`
+    /// because Azure could not be read (the assignment last seen; not removed meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment_id: Option<String>,
     /// `Assigned` (created by this operator and present), `Adopted` (already existed; never
-    /// deleted by the operator), `Pending` (being created or waiting to retry), `Planned`
+    /// deleted by the operator), `Pending` (being created, waiting to retry, or not checked
+    /// while Azure cannot be read: then `assignmentId` and `assignedAt` stay), `Planned`
     /// (Observe mode: would be created), `Denied` (refused by a GrantPolicy), `Failed`, or
     /// `Expired` (past its `expiresAt`: no longer wanted; the message says whether its
     /// assignment was removed).

@@ -287,6 +287,43 @@ pub fn entry(
     }
 }
 
+/// `fresh`, an entry this reconcile could not check (its identity, role or scope could not be
+/// read, or the reconcile stopped early), keeping what the last check saw of it: the assignment,
+/// its role definition and the time `activeFor` counts from. Without them an outage restarted
+/// the clock (access extended by the outage) and dropped the assignment from status. An
+/// expired entry stays as it was: it needs nothing from Azure.
+pub fn unverified(previous: &DatabricksIdentityGrantStatus, fresh: RoleAssignmentStatus) -> RoleAssignmentStatus {
+    let Some(before) = expiry::previous_entry(previous, &fresh.role, &fresh.scope) else { return fresh };
+    if before.state == AssignmentState::Expired {
+        return before.clone();
+    }
+    RoleAssignmentStatus {
+        role_definition_id: fresh.role_definition_id.or_else(|| before.role_definition_id.clone()),
+        assignment_id: before.assignment_id.clone(),
+        assigned_at: before.assigned_at.clone(),
+        expires_at: before.expires_at.clone(),
+        enforced_by: before.enforced_by,
+        ..fresh
+    }
+}
+
+/// The assignments last seen for entries whose role could not be looked up: the spec still
+/// asks for them, so they are not removed as unwanted (a 503 on a role lookup deleted the
+/// assignment until the next reconcile made it again).
+fn unchecked_assignments(inputs: &Inputs<'_>) -> Vec<RoleAssignmentId> {
+    inputs
+        .roles
+        .iter()
+        .enumerate()
+        .filter(|(_, lookup)| matches!(lookup, RoleLookup::Failed(_)))
+        .filter_map(|(index, _)| {
+            let ra = inputs.spec.role_assignments.get(index)?;
+            let before = expiry::previous_entry(inputs.previous, &ra.role, &ra.scope)?;
+            before.assignment_id.as_deref().and_then(RoleAssignmentId::parse)
+        })
+        .collect()
+}
+
 /// `role at scope` of spec entry `index`, for Events.
 pub fn described(spec: &DatabricksIdentityGrantSpec, index: usize, scope: &impl std::fmt::Display) -> String {
     let role = spec.role_assignments.get(index).map_or("", |ra| ra.role.as_str());
@@ -326,7 +363,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         d.retry = d.retry.worst(RetryClass::of_arm(e));
     }
 
-    let the_plan = plan(
+    let mut the_plan = plan(
         inputs.desired,
         inputs.observed,
         &records(&previous.managed_assignments),
@@ -334,6 +371,8 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         inputs.others,
         inputs.precedence,
     );
+    let unchecked = unchecked_assignments(inputs);
+    the_plan.deletions.retain(|id| !unchecked.iter().any(|u| id.has_name(u.name())));
     if enforce {
         record_intent(inputs, &the_plan.steps, &mut d);
     }
@@ -397,7 +436,8 @@ fn decide_roles(inputs: &Inputs<'_>, d: &mut Decision) {
         let RoleLookup::Failed(e) = lookup else { continue };
         d.retry = d.retry.worst(RetryClass::of(e.reason, e.retry_after));
         let state = if e.retryable() { AssignmentState::Pending } else { AssignmentState::Failed };
-        d.entries[index] = Some(entry(inputs.spec, index, state, e.reason, Some(e.message.clone())));
+        let fresh = entry(inputs.spec, index, state, e.reason, Some(e.message.clone()));
+        d.entries[index] = Some(unverified(inputs.previous, fresh));
         failures.push(e);
     }
     match failures.first() {
@@ -519,7 +559,7 @@ fn decide_entry(inputs: &Inputs<'_>, desired: &DesiredAssignment, step: &Step, d
             }
             _ => format!("cannot list assignments at {}: {e}", desired.scope),
         });
-        d.entries[desired.index] = Some(st);
+        d.entries[desired.index] = Some(unverified(inputs.previous, st));
         d.creating.extend(intent.map(|i| (i.to_ascii_lowercase(), i)));
         return;
     }

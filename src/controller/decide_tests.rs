@@ -531,3 +531,54 @@ fn a_create_already_on_the_write_ahead_record_looks_before_writing() {
     w.previous.managed_assignments = vec![w.first_id().to_string()];
     assert!(w.decide().writes[0].check_first, "drift is looked up first too");
 }
+
+/// An entry whose role, identity or scope cannot be read this time keeps the assignment it last
+/// saw: not removed as unwanted (a 503 on a role lookup deleted it), and its id and clock stay
+/// in status while it is Pending.
+#[test]
+fn an_entry_not_checked_keeps_its_assignment_and_clock() {
+    let mut w = World::one(false);
+    let id = w.first_id();
+    let d0 = w.desired()[0].clone();
+    let mut assigned = entry(&w.spec, 0, AssignmentState::Assigned, Reason::Assigned, None);
+    assigned.assignment_id = Some(id.to_string());
+    assigned.role_definition_id = Some(d0.role_definition_id.clone());
+    assigned.assigned_at =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-06-01T10:00:00Z".parse().expect("time")));
+    w.previous.role_assignments = vec![assigned.clone()];
+    w.previous.managed_assignments = vec![id.to_string()];
+    w.observed.push(observed(&d0, &d0.name, None));
+
+    type Setup = fn(&mut World);
+    let lookups: [(&str, Setup); 2] = [
+        ("role lookup failed", |w| {
+            w.roles[0] = RoleLookup::Failed(ResolveError {
+                reason: Reason::AzureUnavailable,
+                message: "503".into(),
+                retry_after: None,
+            });
+        }),
+        ("scope unreadable", |w| {
+            let key = w.desired()[0].scope.normalized();
+            w.unreadable.insert(key, ArmError::Transient { status: Some(503), message: "m".into() });
+        }),
+    ];
+    for (case, setup) in lookups {
+        let mut w = World { previous: w.previous.clone(), observed: w.observed.clone(), ..World::one(false) };
+        setup(&mut w);
+        let d = w.decide();
+        assert!(d.removals.is_empty() && d.writes.is_empty(), "{case}: nothing written or removed: {d:#?}");
+        assert_eq!(settled(&d, 0), (AssignmentState::Pending, Reason::AzureUnavailable), "{case}");
+        let e = d.entries[0].as_ref().expect("entry");
+        assert_eq!(e.assignment_id, assigned.assignment_id, "{case}");
+        assert_eq!(e.assigned_at, assigned.assigned_at, "{case}");
+        assert_eq!(e.role_definition_id, assigned.role_definition_id, "{case}");
+        assert!(d.managed.contains_key(&id.key()), "{case}: still on record");
+    }
+
+    // The spec no longer asks for it (another role at the scope): removed as before.
+    let mut w = World { previous: w.previous.clone(), ..World::one(false) };
+    w.spec = spec(&[("Storage Blob Data Reader", "rg-a")], false);
+    w.roles = vec![role("Storage Blob Data Reader", BLOB_READER)];
+    assert_eq!(w.decide().removals, vec![id]);
+}

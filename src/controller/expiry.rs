@@ -295,7 +295,9 @@ pub fn due_removals(grant: &DatabricksIdentityGrant, now: Timestamp) -> Vec<DueR
         .filter_map(|(written, clock)| {
             let at = clock.expires_at.filter(|_| clock.expired)?;
             let entry = previous_entry(status, &written.role, &written.scope)?;
-            let id = entry.assignment_id.as_deref().filter(|_| entry.state == AssignmentState::Assigned)?;
+            // Pending with an id: not checked lately (an outage), its assignment still in place.
+            let in_place_or_unchecked = matches!(entry.state, AssignmentState::Assigned | AssignmentState::Pending);
+            let id = entry.assignment_id.as_deref().filter(|_| in_place_or_unchecked)?;
             let recorded = status.managed_assignments.iter().any(|m| m.eq_ignore_ascii_case(id));
             let id = RoleAssignmentId::parse(id).filter(|_| recorded)?;
             Some(DueRemoval { id, ends: at, role: written.role.clone(), scope: written.scope.clone() })

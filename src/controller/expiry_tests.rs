@@ -143,6 +143,7 @@ fn only_assignments_this_grant_made_and_recorded_are_due_for_removal() {
             serde_json::json!({"expiresAt": "2026-06-01T11:00:00Z"}),
             serde_json::json!({"expiresAt": "2026-06-01T11:00:00Z"}),
             serde_json::json!({"expiresAt": "2026-06-02T00:00:00Z"}),
+            serde_json::json!({"expiresAt": "2026-06-01T11:00:00Z"}),
         ],
     );
     let id = |rg: usize| {
@@ -168,15 +169,18 @@ fn only_assignments_this_grant_made_and_recorded_are_due_for_removal() {
                 entry(3, AssignmentState::Assigned, "2026-06-01T11:00:00Z"),
                 // Extended in the spec a moment ago; the status has not caught up.
                 entry(4, AssignmentState::Assigned, "2026-06-01T11:00:00Z"),
+                // Not verified in an outage, its assignment kept: still removed at its end.
+                entry(5, AssignmentState::Pending, "2026-06-01T11:00:00Z"),
             ],
-            "managedAssignments": [id(0), id(1), id(4)],
+            "managedAssignments": [id(0), id(1), id(4), id(5)],
         },
     }))
     .expect("grant");
     let due = due_removals(&grant, now);
-    assert_eq!(due.len(), 1, "only entry 0: {due:?}");
+    assert_eq!(due.len(), 2, "entries 0 and 5: {due:?}");
     assert_eq!(due[0].id.to_string().to_ascii_lowercase(), id(0).to_ascii_lowercase());
     assert_eq!(due[0].ends, at("2026-06-01T11:59:59Z"));
+    assert_eq!(due[1].id.to_string().to_ascii_lowercase(), id(5).to_ascii_lowercase());
 
     assert!(is_time_bound(&grant.spec));
     let mut untimed = grant.clone();

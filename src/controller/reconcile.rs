@@ -371,7 +371,8 @@ async fn stop_early(
     reason: Reason,
     message: String,
 ) -> Result<(), ReconcileError> {
-    let report = report::stopped(report::carried(previous), reason, message, RetryClass::Slowly);
+    let status = report::carried(previous, reason, "not checked: see the Ready condition");
+    let report = report::stopped(status, reason, message, RetryClass::Slowly);
     persist(grant, grant.resource_version(), ctx, report, previous).await
 }
 

@@ -3,12 +3,14 @@
 //! reconciles that stop early (invalid spec, unusable credential, unresolved identity).
 
 use super::conditions::{self, Decided};
-use super::decide::{Decision, entry};
+use super::decide::{Decision, entry, unverified};
 use super::events::GrantEvent;
 use super::expiry::{self, Ending};
 use super::resolve::ResolveError;
 use super::retry::RetryClass;
-use crate::api::{AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Health, Reason};
+use crate::api::{
+    AssignmentState, DatabricksIdentityGrantSpec, DatabricksIdentityGrantStatus, Health, Reason, RoleAssignmentStatus,
+};
 use crate::azure::{ArmError, RoleAssignmentId};
 
 /// What one write did.
@@ -57,10 +59,36 @@ pub struct Report {
     pub drift_corrected: i64,
 }
 
-/// The status carried over from `previous` when a reconcile stops early: what the grant
-/// created stays on record (and in Azure) until it is fixed.
-pub fn carried(previous: &DatabricksIdentityGrantStatus) -> DatabricksIdentityGrantStatus {
+/// The status of a reconcile that stops before reading the spec's entries (invalid spec, no
+/// credential): each entry of the last status waits (Pending for `reason`, saying `message`),
+/// keeping what was last seen of it ([`unverified`]); never the unvalidated spec's entries,
+/// which may be junk. What the grant created stays on record (and in Azure) until it is fixed.
+pub fn carried(
+    previous: &DatabricksIdentityGrantStatus,
+    reason: Reason,
+    message: &str,
+) -> DatabricksIdentityGrantStatus {
+    let waiting = |before: &RoleAssignmentStatus| RoleAssignmentStatus {
+        state: AssignmentState::Pending,
+        reason: Some(reason.code().to_owned()),
+        message: Some(message.to_owned()),
+        ..before.clone()
+    };
+    with_entries(
+        previous,
+        previous.role_assignments.iter().map(|before| unverified(previous, waiting(before))).collect(),
+    )
+}
+
+/// `previous`'s records and principal with these entries.
+fn with_entries(
+    previous: &DatabricksIdentityGrantStatus,
+    role_assignments: Vec<RoleAssignmentStatus>,
+) -> DatabricksIdentityGrantStatus {
     DatabricksIdentityGrantStatus {
+        principal: previous.principal.clone(),
+        next_expiry: expiry::next_expiry(&role_assignments),
+        role_assignments,
         managed_assignments: previous.managed_assignments.clone(),
         creating_assignments: previous.creating_assignments.clone(),
         managed_schedules: previous.managed_schedules.clone(),
@@ -80,16 +108,17 @@ pub fn stopped(status: DatabricksIdentityGrantStatus, reason: Reason, message: S
     }
 }
 
-/// The identity did not resolve: every entry waits for it.
+/// The identity did not resolve: every entry of the (validated) spec waits for it, keeping what
+/// was last seen of it.
 pub fn identity_failed(
     spec: &DatabricksIdentityGrantSpec,
     previous: &DatabricksIdentityGrantStatus,
     e: &ResolveError,
 ) -> Report {
-    let mut status = carried(previous);
-    status.role_assignments = (0..spec.role_assignments.len())
-        .map(|i| entry(spec, i, AssignmentState::Pending, e.reason, Some("waiting for the identity to resolve".into())))
-        .collect();
+    let waiting =
+        |i| entry(spec, i, AssignmentState::Pending, e.reason, Some("waiting for the identity to resolve".into()));
+    let status =
+        with_entries(previous, (0..spec.role_assignments.len()).map(|i| unverified(previous, waiting(i))).collect());
     let mut report = stopped(status, e.reason, e.message.clone(), RetryClass::of(e.reason, e.retry_after));
     report.conditions.insert(0, Decided::new(conditions::IDENTITY_RESOLVED, false, e.reason, e.message.clone()));
     report
@@ -235,7 +264,7 @@ pub fn report(
 
 /// An expired entry whose assignment's removal just ended as `ending`.
 fn settle_expired(
-    entries: &mut [Option<crate::api::RoleAssignmentStatus>],
+    entries: &mut [Option<RoleAssignmentStatus>],
     events: &mut Vec<GrantEvent>,
     index: usize,
     at: k8s_openapi::jiff::Timestamp,
@@ -294,9 +323,8 @@ fn sync_and_ready(
         in_place(state) || state == AssignmentState::Expired || (observe && state == AssignmentState::Planned)
     };
     let waiting: Vec<_> = status.role_assignments.iter().filter(|e| !settled(e.state)).collect();
-    let reason_of = |e: &crate::api::RoleAssignmentStatus| {
-        e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending)
-    };
+    let reason_of =
+        |e: &RoleAssignmentStatus| e.reason.as_deref().and_then(Reason::from_code).unwrap_or(Reason::Pending);
     // What needs a person speaks for the grant first: it will not become Ready without one.
     let blocking = waiting.iter().find(|e| reason_of(e).health() == Health::NeedsAttention).or(waiting.first());
     let ready = match blocking {

@@ -260,31 +260,62 @@ fn an_unsettled_entry_is_pending() {
     assert_eq!(ready(&r), (false, Reason::Pending));
 }
 
+/// A reconcile that stops early (invalid spec, no credential, identity not resolved) changes
+/// Ready and keeps the rest: records, and each entry's last-seen assignment and clock (a lost
+/// `assignedAt` restarted `activeFor` after every outage).
 #[test]
 fn early_stops() {
+    let time = |t: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.parse().expect("time"));
+    let mut assigned = entry(&spec(false), 0, AssignmentState::Assigned, Reason::Assigned, None);
+    assigned.assignment_id =
+        Some("/subscriptions/s/resourceGroups/rg-a/providers/Microsoft.Authorization/roleAssignments/a".into());
+    assigned.assigned_at = Some(time("2026-06-01T10:00:00Z"));
+    assigned.expires_at = Some(time("2026-06-01T11:00:00Z"));
     let previous = DatabricksIdentityGrantStatus {
         managed_assignments: vec!["kept".into()],
         drift_corrections: 3,
         assigned: Some("1/1".into()),
+        role_assignments: vec![assigned.clone()],
         ..Default::default()
     };
+    let kept = |r: &Report, reason: Reason| {
+        let e = &r.status.role_assignments[0];
+        assert_eq!(entry_of(r), (AssignmentState::Pending, reason), "not checked: {e:?}");
+        assert_eq!(
+            (&e.assignment_id, &e.assigned_at, &e.expires_at),
+            (&assigned.assignment_id, &assigned.assigned_at, &assigned.expires_at)
+        );
+        assert_eq!(r.status.next_expiry, assigned.expires_at);
+        assert_eq!(r.status.managed_assignments, vec!["kept".to_owned()], "what it created stays on record");
+        assert_eq!(r.status.drift_corrections, 3);
+    };
     let r = stopped(
-        carried(&previous),
+        carried(&previous, Reason::InvalidSpec, "not checked"),
         Reason::InvalidSpec,
         "spec.roleAssignments[0].scope: bad".into(),
         RetryClass::Slowly,
     );
     assert_eq!(ready(&r), (false, Reason::InvalidSpec));
     assert_eq!(reasons(&r), vec![Reason::InvalidSpec]);
-    assert_eq!(r.status.managed_assignments, vec!["kept".to_owned()], "what it created stays on record");
-    assert_eq!(r.status.drift_corrections, 3);
+    kept(&r, Reason::InvalidSpec);
     assert_eq!(r.status.assigned, None);
 
-    let e = ResolveError { reason: Reason::PrincipalNotFound, message: "replicating".into(), retry_after: None };
+    let e = ResolveError { reason: Reason::AzureUnavailable, message: "503".into(), retry_after: None };
     let r = identity_failed(&spec(false), &previous, &e);
-    assert_eq!(entry_of(&r), (AssignmentState::Pending, Reason::PrincipalNotFound));
-    assert_eq!(ready(&r), (false, Reason::PrincipalNotFound));
+    kept(&r, Reason::AzureUnavailable);
+    assert_eq!(ready(&r), (false, Reason::AzureUnavailable));
     assert_eq!(r.retry, RetryClass::Soon(None));
     let identity = r.conditions.iter().find(|c| c.type_ == conditions::IDENTITY_RESOLVED).expect("IdentityResolved");
     assert!(!identity.status);
+
+    // A new entry waits for the identity; an expired one stays as it was.
+    let mut expired = assigned.clone();
+    expired.state = AssignmentState::Expired;
+    expired.removed_at = Some(time("2026-06-01T11:00:01Z"));
+    let e = ResolveError { reason: Reason::PrincipalNotFound, message: "replicating".into(), retry_after: None };
+    let r = identity_failed(&spec(false), &DatabricksIdentityGrantStatus::default(), &e);
+    assert_eq!(entry_of(&r), (AssignmentState::Pending, Reason::PrincipalNotFound));
+    assert_eq!(r.status.role_assignments[0].assignment_id, None);
+    let previous = DatabricksIdentityGrantStatus { role_assignments: vec![expired.clone()], ..Default::default() };
+    assert_eq!(identity_failed(&spec(false), &previous, &e).status.role_assignments, vec![expired]);
 }

@@ -205,8 +205,9 @@ impl Harness {
         self.clock.advance(by);
     }
 
-    /// Azure = what live grants hold (Assigned/Adopted, and the assignments their Azure PIM
-    /// schedules carry) ∪ foreign ∪ `retained`; no tuple twice.
+    /// Azure = what live grants hold (Assigned/Adopted, Pending entries' last-seen assignments
+    /// while Azure cannot be read, and the assignments their Azure PIM schedules carry) ∪
+    /// foreign ∪ `retained`; no tuple twice; every Assigned/Adopted one is in Azure.
     pub async fn assert_invariant(&self, retained: &[String]) {
         let live = self.statuses().await;
         let mut wanted: HashSet<String> = HashSet::new();
@@ -218,13 +219,18 @@ impl Harness {
                 by_pim.insert(format!("{}|{role}|{}", scope.normalized(), s.principal_id.to_ascii_lowercase()));
             }
         }
+        let mut unchecked: HashSet<String> = HashSet::new();
         for status in &live {
             for ra in &status.role_assignments {
-                if matches!(ra.state, AssignmentState::Assigned | AssignmentState::Adopted)
-                    && let Some(id) = &ra.assignment_id
-                {
-                    wanted.insert(id.rsplit('/').next().unwrap_or_default().to_ascii_lowercase());
-                }
+                let name = ra
+                    .assignment_id
+                    .as_deref()
+                    .map(|id| id.rsplit('/').next().unwrap_or_default().to_ascii_lowercase());
+                match (ra.state, name) {
+                    (AssignmentState::Assigned | AssignmentState::Adopted, Some(name)) => wanted.insert(name),
+                    (AssignmentState::Pending, Some(name)) => unchecked.insert(name),
+                    _ => false,
+                };
             }
         }
         let azure = self.tuples();
@@ -232,10 +238,14 @@ impl Harness {
         for (name, tuple, principal) in &azure {
             assert!(seen.insert(format!("{tuple}|{principal}")), "duplicate assignment for {tuple} {principal}");
             let known = wanted.contains(name)
+                || unchecked.contains(name)
                 || by_pim.contains(&format!("{tuple}|{}", principal.to_ascii_lowercase()))
                 || self.foreign.contains(name)
                 || retained.iter().any(|r| r.eq_ignore_ascii_case(name));
-            assert!(known, "assignment {name} ({tuple}) is in Azure but no live grant wants it");
+            assert!(
+                known,
+                "assignment {name} ({tuple}, principal {principal}) is in Azure but no live grant wants it; statuses: {live:#?}"
+            );
         }
         let names: HashSet<&String> = azure.iter().map(|(n, _, _)| n).collect();
         for w in &wanted {

@@ -293,6 +293,51 @@ async fn token_outage_then_recovery() {
     h.stop().await;
 }
 
+/// An ARM outage loses nothing status records: while Azure cannot be read each entry keeps the
+/// assignment it last saw and the time `activeFor` counts from, so once Azure answers again
+/// access still ends when it would have (a lost `assignedAt` restarted the clock: access
+/// extended by an outage).
+#[tokio::test]
+async fn an_arm_outage_keeps_each_entrys_assignment_and_clock() {
+    let _scenario =
+        crate::common::scenario("Faults: ARM", "an outage keeps each entry's assignment and activeFor clock");
+    let h = harness(StateConfig::default()).await;
+    let mut window = grant("window", h.workspace_identity(0), json!([{"role": "Reader", "scope": rg("rg-lake")}]));
+    window.spec.active_for = Some("1h".into());
+    h.apply(&window).await;
+    let first = |g: &dbx_identity_operator::api::DatabricksIdentityGrant| {
+        g.status.as_ref().and_then(|s| s.role_assignments.first().cloned()).expect("an entry")
+    };
+    let before = first(&h.ready("window").await);
+    assert!(before.assigned_at.is_some() && before.expires_at.is_some(), "{before:?}");
+    // Half an hour on: a clock restarted now would end access half an hour late.
+    h.advance_clocks(Duration::from_secs(30 * 60));
+
+    h.sandbox.arm.emulator.set_faults(FaultConfig { error_rate: 1.0, ..FaultConfig::default() });
+    let during = h
+        .wait_for("window", "identity unresolved in the outage", |g| {
+            condition(g, "IdentityResolved").is_some_and(|c| c.0 == "False" && c.1 == "AzureUnavailable")
+        })
+        .await;
+    let unverified = first(&during);
+    assert_eq!(unverified.state, AssignmentState::Pending, "not verified in the outage: {unverified:?}");
+    assert_eq!(unverified.assignment_id, before.assignment_id, "the assignment last seen stays: {unverified:?}");
+    assert_eq!(
+        (&unverified.assigned_at, &unverified.expires_at),
+        (&before.assigned_at, &before.expires_at),
+        "the clock stays"
+    );
+    assert_eq!(condition(&during, "Ready").map(|c| c.1), Some("AzureUnavailable".into()));
+
+    h.sandbox.arm.emulator.set_faults(FaultConfig::default());
+    let after = first(&h.ready("window").await);
+    assert_eq!(after.state, AssignmentState::Assigned);
+    assert_eq!(after.assignment_id, before.assignment_id);
+    assert_eq!((&after.assigned_at, &after.expires_at), (&before.assigned_at, &before.expires_at), "the clock stays");
+    h.assert_invariant(&[]).await;
+    h.stop().await;
+}
+
 /// Kubernetes: watches cut repeatedly and API errors (including on status patches) for a while.
 #[tokio::test]
 async fn watch_cuts_and_api_server_errors() {
