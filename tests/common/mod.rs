@@ -244,7 +244,10 @@ impl Harness {
                 || retained.iter().any(|r| r.eq_ignore_ascii_case(name));
             assert!(
                 known,
-                "assignment {name} ({tuple}, principal {principal}) is in Azure but no live grant wants it; statuses: {live:#?}"
+                "assignment {name} ({tuple}, principal {principal}) is in Azure but no live grant wants it; statuses of that principal's grants: {:#?}",
+                live.iter()
+                    .filter(|s| s.principal.as_ref().is_some_and(|p| p.principal_id.eq_ignore_ascii_case(principal)))
+                    .collect::<Vec<_>>()
             );
         }
         let names: HashSet<&String> = azure.iter().map(|(n, _, _)| n).collect();

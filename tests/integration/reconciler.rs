@@ -306,8 +306,8 @@ async fn every_error_class_is_reported_and_others_proceed() {
     let stuck =
         h.wait_for("fresh", "CleanupFailed", |g| condition(g, "Ready").is_some_and(|c| c.1 == "CleanupFailed")).await;
     assert!(stuck.metadata.deletion_timestamp.is_some());
-    // A grant looked at during the outage still accounts for what it holds (its entry
-    // lost the assignment, and its role lookup's failure removed it: CI, stop 34).
+    // A grant looked at during the outage still accounts for what it holds (before the fix its
+    // entry dropped the assignment id, and a failed role lookup planned a DELETE: CI, stop 34).
     h.wait_for("partial", "not checked in the outage", |g| {
         g.status.as_ref().is_some_and(|s| {
             s.role_assignments.first().is_some_and(|r| r.reason.as_deref() == Some("AzureUnavailable"))
